@@ -1,0 +1,113 @@
+"""Step 2: conversations jsonl → ChatML token rows ``{input_ids, labels, attention_mask}`` with label masking.
+
+    python example_arc/prepare_arc_tokens.py --data_path example_arc/arc_easy_train.jsonl \\
+        --out_path example_arc/arc_easy_train_tokens.jsonl --tokenizer Qwen/Qwen3-0.6B
+
+Only the answer tokens and the closing <|im_end|> are supervised (labels = -100 elsewhere). Rows also carry
+``id`` and, when the input has ``choice_labels``, ``choice_ids`` (the token id of each offered letter), which
+training uses to report categorical validation accuracy with the same evaluator as step 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tqdm import tqdm
+
+from slamkit.chatml import IGNORE_INDEX, encode_examples, single_token_ids
+from slamkit.errors import SlamkitError, run_main
+from slamkit.jsonl import read_jsonl, write_jsonl
+from slamkit.model import load_tokenizer
+
+CHUNK = 512  # conversations per batched tokenizer call
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_path", required=True, help="step-1 jsonl (user_text, assistant_text[, choice_labels])")
+    parser.add_argument("--out_path", required=True, help="token rows jsonl to write")
+    parser.add_argument("--tokenizer", default="Qwen/Qwen3-0.6B", help="hub id or local tokenizer folder")
+    parser.add_argument("--max_length", type=int, default=None, help="drop (and count) longer examples")
+    args = parser.parse_args(argv)
+    if args.max_length is not None and args.max_length < 2:
+        parser.error("--max_length must be at least 2")
+    return args
+
+
+def read_conversations(path: str) -> list[dict]:
+    """Step-1 records, checked: text fields are strings; the answer is among ``choice_labels`` when given."""
+    records = []
+    for line, record in read_jsonl(path):
+        where = f"{path}:{line}" + (f" (id {record['id']})" if "id" in record else "")
+        for key in ("user_text", "assistant_text"):
+            if key not in record:
+                raise SlamkitError(f"{where}: missing field {key!r}")
+            if not isinstance(record[key], str) or not record[key]:
+                raise SlamkitError(f"{where}: {key!r} must be a non-empty string")
+        labels = record.get("choice_labels")
+        if labels is not None:
+            if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+                raise SlamkitError(f"{where}: 'choice_labels' must be a non-empty list of strings")
+            if record["assistant_text"] not in labels:
+                raise SlamkitError(f"{where}: answer {record['assistant_text']!r} is not among choice_labels {labels}")
+        records.append({**record, "_where": where})
+    return records
+
+
+def tokenize(records: list[dict], tokenizer) -> list[dict]:
+    """Token rows for ``records`` (batched, with a progress bar)."""
+    rows = []
+    letter_ids: dict[str, int] = {}
+    with tqdm(total=len(records), desc="tokenizing", unit="ex") as bar:
+        for start in range(0, len(records), CHUNK):
+            chunk = records[start : start + CHUNK]
+            encoded = encode_examples(
+                tokenizer,
+                [r["user_text"] for r in chunk],
+                [r["assistant_text"] for r in chunk],
+                names=[r["_where"] for r in chunk],
+            )
+            for record, example in zip(chunk, encoded, strict=True):
+                row = {"input_ids": example.input_ids, "labels": example.labels, "attention_mask": [1] * len(example.input_ids)}
+                if "id" in record:
+                    row = {"id": record["id"], **row}
+                if "choice_labels" in record:
+                    missing = [x for x in record["choice_labels"] if x not in letter_ids]
+                    if missing:
+                        letter_ids.update(zip(missing, single_token_ids(tokenizer, missing), strict=True))
+                    row["choice_ids"] = [letter_ids[x] for x in record["choice_labels"]]
+                    gold = row["choice_ids"][record["choice_labels"].index(record["assistant_text"])]
+                    if example.input_ids[example.prompt_length] != gold:
+                        raise SlamkitError(
+                            f"{record['_where']}: the answer's first token differs from its letter's own token"
+                        )
+                rows.append(row)
+            bar.update(len(chunk))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    records = read_conversations(args.data_path)
+    tokenizer = load_tokenizer(args.tokenizer)
+    rows = tokenize(records, tokenizer)
+    dropped = 0
+    if args.max_length is not None:
+        kept = [r for r in rows if len(r["input_ids"]) <= args.max_length]
+        dropped = len(rows) - len(kept)
+        rows = kept
+    if not rows:
+        raise SlamkitError(f"{args.data_path}: every example is longer than --max_length {args.max_length}")
+    write_jsonl(args.out_path, rows)
+    lengths = [len(r["input_ids"]) for r in rows]
+    supervised = sum(sum(label != IGNORE_INDEX for label in r["labels"]) for r in rows)
+    total = sum(lengths)
+    print(f"{args.data_path} -> {args.out_path}  (tokenizer {args.tokenizer})")
+    print(f"  examples     {len(rows):,}" + (f"  (dropped {dropped:,} longer than {args.max_length} tokens)" if args.max_length else ""))
+    print(f"  tokens       {total:,} total = {total - supervised:,} masked + {supervised:,} supervised")
+    print(f"  length       mean {total / len(rows):.1f}, max {max(lengths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

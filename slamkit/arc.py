@@ -1,0 +1,105 @@
+"""ARC (AI2 Reasoning Challenge) records in the hub's layout → ``{id, user_text, assistant_text, choice_labels}``.
+
+Hub layout: ``{"id", "question", "choices": {"text": [...], "label": [...]}, "answerKey"}``.
+About 4% of ARC-Easy uses numeric labels "1".."5"; they become letters "A".."E" here, at the source, so no
+later step can drop them (the reference scored 94 of its "100 problems" because it skipped them).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from slamkit.errors import SlamkitError
+
+SPLITS = ("train", "validation", "test")
+INSTRUCTION = "Respond only with the letter of the correct answer."
+LETTERS = string.ascii_uppercase
+
+
+def format_user_text(question: str, choice_texts: list[str], letters: list[str]) -> str:
+    """The seed's user turn, exactly.
+
+    >>> print(format_user_text("Which is a gas?", ["ice", "steam"], ["A", "B"]))
+    Multiple Choice question: Which is a gas?
+    - ice=A
+    - steam=B
+    <BLANKLINE>
+    Respond only with the letter of the correct answer.
+    """
+    lines = "".join(f"- {text}={letter}\n" for text, letter in zip(choice_texts, letters, strict=True))
+    return f"Multiple Choice question: {question}\n{lines}\n{INSTRUCTION}"
+
+
+def letters_for(labels: list[str]) -> tuple[list[str], bool]:
+    """Map the record's labels to letters; return ``(letters, relabelled)``.
+
+    Letter labels are kept as they are; numeric labels "1".."N" become "A".."N"th letter. Anything else
+    (mixed, repeated, out of order numbers, lower case) raises ``ValueError`` with the reason.
+    """
+    if all(len(label) == 1 and label in LETTERS for label in labels):
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"repeated choice labels {labels}")
+        return list(labels), False
+    if all(label.isdigit() for label in labels):
+        numbers = [int(label) for label in labels]
+        if numbers != list(range(1, len(labels) + 1)):
+            raise ValueError(f"numeric choice labels {labels} are not 1..{len(labels)}")
+        return [LETTERS[n - 1] for n in numbers], True
+    raise ValueError(f"choice labels {labels} are neither single capital letters nor 1..N")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One question ready for ChatML: what the user says, what the assistant answers, the letters offered."""
+
+    id: str
+    user_text: str
+    assistant_text: str
+    choice_labels: list[str]
+    relabelled: bool
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user_text": self.user_text,
+            "assistant_text": self.assistant_text,
+            "choice_labels": self.choice_labels,
+        }
+
+
+def conversation_from_record(record: dict[str, Any], where: str) -> Conversation:
+    """Turn one hub-layout ARC record into a :class:`Conversation`; ``where`` (``file:line``) prefixes errors."""
+    for key in ("id", "question", "choices", "answerKey"):
+        if key not in record:
+            raise SlamkitError(f"{where}: missing field {key!r}")
+    record_id = str(record["id"])
+    where = f"{where} (id {record_id})"
+    choices = record["choices"]
+    if not isinstance(choices, dict) or "text" not in choices or "label" not in choices:
+        raise SlamkitError(f"{where}: 'choices' must be an object with 'text' and 'label' lists")
+    texts, labels = choices["text"], choices["label"]
+    if not isinstance(texts, list) or not isinstance(labels, list) or len(texts) != len(labels):
+        raise SlamkitError(f"{where}: choices.text and choices.label must be lists of equal length")
+    if not texts:
+        raise SlamkitError(f"{where}: empty choices")
+    if not isinstance(record["question"], str) or not record["question"].strip():
+        raise SlamkitError(f"{where}: empty question")
+    if any(not isinstance(t, str) for t in texts):
+        raise SlamkitError(f"{where}: every choice text must be a string")
+    labels = [str(label) for label in labels]
+    try:
+        letters, relabelled = letters_for(labels)
+    except ValueError as err:
+        raise SlamkitError(f"{where}: {err}") from None
+    answer = str(record["answerKey"])
+    if answer not in labels:
+        raise SlamkitError(f"{where}: answerKey {answer!r} is not among the labels {labels}")
+    return Conversation(
+        id=record_id,
+        user_text=format_user_text(record["question"], texts, letters),
+        assistant_text=letters[labels.index(answer)],
+        choice_labels=letters,
+        relabelled=relabelled,
+    )

@@ -1,0 +1,143 @@
+"""The one ChatML renderer: tokenization (step 2), training-time checks and both evaluation scripts use it.
+
+A training example is rendered as::
+
+    <|im_start|>user\\n{user_text}<|im_end|>\\n<|im_start|>assistant\\n{assistant_text}<|im_end|>
+    └──────────────────────────── prompt ─────────────────────────────┘└──── completion ─────┘
+
+The prompt and the completion are encoded separately and concatenated, so the prompt ids are exactly the
+prefix of the training ids, by construction. Only the completion (the answer tokens and the closing
+``<|im_end|>``) is supervised; the role header ``<|im_start|>assistant\\n`` is part of the prompt and is not
+(the reference trained on it too; TRL, LLaMA-Factory and nanochat do not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from slamkit.errors import SlamkitError
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+IGNORE_INDEX = -100  # label of a position that carries no loss (torch's cross_entropy ignore_index)
+
+
+def render_prompt(user_text: str) -> str:
+    """The text the model reads before it answers: the user turn and the assistant's role header."""
+    return f"{IM_START}user\n{user_text}{IM_END}\n{IM_START}assistant\n"
+
+
+def render_completion(assistant_text: str) -> str:
+    """The supervised text: the answer and the closing ``<|im_end|>``."""
+    return f"{assistant_text}{IM_END}"
+
+
+def render_example(user_text: str, assistant_text: str) -> str:
+    """A whole training example: prompt + completion."""
+    return render_prompt(user_text) + render_completion(assistant_text)
+
+
+@dataclass(frozen=True)
+class ChatMLIds:
+    """The tokenizer's own ids of the two ChatML markers."""
+
+    im_start: int
+    im_end: int
+
+
+def _tokenizer_name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+
+
+def chatml_ids(tokenizer) -> ChatMLIds:
+    """Return the ids of ``<|im_start|>``/``<|im_end|>``; a tokenizer without them (as single tokens) is an error.
+
+    slamkit never adds the markers itself: Qwen tokenizers already have them, and adding them again (or
+    resizing the embedding table for them) would silently change the checkpoint.
+    """
+    vocab = tokenizer.get_vocab()
+    ids = []
+    for marker in (IM_START, IM_END):
+        if marker not in vocab:
+            raise SlamkitError(
+                f"tokenizer {_tokenizer_name(tokenizer)}: has no ChatML token {marker}; use a tokenizer that "
+                "defines <|im_start|> and <|im_end|> (every Qwen tokenizer does)"
+            )
+        encoded = tokenizer.encode(marker, add_special_tokens=False)
+        if encoded != [vocab[marker]]:
+            raise SlamkitError(
+                f"tokenizer {_tokenizer_name(tokenizer)}: {marker} is not encoded as its single special token "
+                f"(got ids {encoded}); it must be registered as a special token"
+            )
+        ids.append(vocab[marker])
+    return ChatMLIds(im_start=ids[0], im_end=ids[1])
+
+
+def single_token_ids(tokenizer, texts: Sequence[str], what: str = "choice letter") -> list[int]:
+    """Ids of ``texts`` that must each be exactly one token (the choice letters); anything else is an error."""
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    result = []
+    for text, ids in zip(texts, encoded, strict=True):
+        if len(ids) != 1:
+            raise SlamkitError(
+                f"tokenizer {_tokenizer_name(tokenizer)}: {what} {text!r} is {len(ids)} tokens {ids}, not one; "
+                "categorical scoring needs every offered letter to be a single token"
+            )
+        result.append(ids[0])
+    return result
+
+
+def encode_prompts(tokenizer, user_texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of ``render_prompt(u)`` for each user text (one batched fast-tokenizer call)."""
+    chatml_ids(tokenizer)
+    prompts = [render_prompt(u) for u in user_texts]
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """One tokenized training example. ``labels[i]`` is ``input_ids[i]`` where supervised, else -100."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def prompt_length(self) -> int:
+        """Number of leading unsupervised tokens: the prompt."""
+        return next(i for i, label in enumerate(self.labels) if label != IGNORE_INDEX)
+
+
+def encode_examples(
+    tokenizer, user_texts: Sequence[str], assistant_texts: Sequence[str], names: Sequence[str] | None = None
+) -> list[EncodedExample]:
+    """Encode prompt + completion pairs with the label mask; batched.
+
+    Invariants checked here for every example (an exception names the example otherwise):
+    decoding ``input_ids`` reproduces ``render_example`` exactly, and the supervised ids end with ``<|im_end|>``.
+
+    >>> # with the Qwen tokenizer, user_text "Hi", assistant_text "B":
+    >>> # input_ids = [151644, 872, 198, 13048, 151645, 198, 151644, 77091, 198, 33, 151645]
+    >>> # labels    = [-100,  -100, -100, -100, -100,  -100, -100,  -100, -100, 33, 151645]
+    """
+    if len(user_texts) != len(assistant_texts):
+        raise ValueError("user_texts and assistant_texts differ in length")
+    names = names if names is not None else [f"example {i}" for i in range(len(user_texts))]
+    markers = chatml_ids(tokenizer)
+    prompt_ids = encode_prompts(tokenizer, user_texts)
+    completion_ids = tokenizer([render_completion(a) for a in assistant_texts], add_special_tokens=False)["input_ids"]
+    examples = []
+    for name, user, assistant, prompt, completion in zip(
+        names, user_texts, assistant_texts, prompt_ids, completion_ids, strict=True
+    ):
+        if len(completion) < 2 or completion[-1] != markers.im_end:
+            raise SlamkitError(f"{name}: assistant_text {assistant!r} does not encode to answer tokens + <|im_end|>")
+        input_ids = list(prompt) + list(completion)
+        decoded = tokenizer.decode(input_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if decoded != render_example(user, assistant):
+            raise SlamkitError(
+                f"{name}: tokenizer {_tokenizer_name(tokenizer)} does not reproduce the text exactly "
+                "(decode(encode(text)) != text)"
+            )
+        examples.append(EncodedExample(input_ids=input_ids, labels=[IGNORE_INDEX] * len(prompt) + list(completion)))
+    return examples
