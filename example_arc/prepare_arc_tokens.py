@@ -14,9 +14,10 @@ import argparse
 
 from tqdm import tqdm
 
+from slamkit.arc import read_conversations
 from slamkit.chatml import IGNORE_INDEX, encode_examples, single_token_ids
 from slamkit.errors import SlamkitError, run_main
-from slamkit.jsonl import read_jsonl, write_jsonl
+from slamkit.jsonl import write_jsonl
 from slamkit.model import load_tokenizer
 
 CHUNK = 512  # conversations per batched tokenizer call
@@ -32,26 +33,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_length is not None and args.max_length < 2:
         parser.error("--max_length must be at least 2")
     return args
-
-
-def read_conversations(path: str) -> list[dict]:
-    """Step-1 records, checked: text fields are strings; the answer is among ``choice_labels`` when given."""
-    records = []
-    for line, record in read_jsonl(path):
-        where = f"{path}:{line}" + (f" (id {record['id']})" if "id" in record else "")
-        for key in ("user_text", "assistant_text"):
-            if key not in record:
-                raise SlamkitError(f"{where}: missing field {key!r}")
-            if not isinstance(record[key], str) or not record[key]:
-                raise SlamkitError(f"{where}: {key!r} must be a non-empty string")
-        labels = record.get("choice_labels")
-        if labels is not None:
-            if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-                raise SlamkitError(f"{where}: 'choice_labels' must be a non-empty list of strings")
-            if record["assistant_text"] not in labels:
-                raise SlamkitError(f"{where}: answer {record['assistant_text']!r} is not among choice_labels {labels}")
-        records.append({**record, "_where": where})
-    return records
 
 
 def tokenize(records: list[dict], tokenizer) -> list[dict]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from slamkit.errors import SlamkitError
+from slamkit.jsonl import read_jsonl
 
 SPLITS = ("train", "validation", "test")
 INSTRUCTION = "Respond only with the letter of the correct answer."
@@ -59,6 +61,8 @@ class Conversation:
     assistant_text: str
     choice_labels: list[str]
     relabelled: bool
+    question: str
+    choice_texts: list[str]
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -66,16 +70,19 @@ class Conversation:
             "user_text": self.user_text,
             "assistant_text": self.assistant_text,
             "choice_labels": self.choice_labels,
+            "question": self.question,
+            "choice_texts": self.choice_texts,
         }
 
 
 def conversation_from_record(record: dict[str, Any], where: str) -> Conversation:
     """Turn one hub-layout ARC record into a :class:`Conversation`; ``where`` (``file:line``) prefixes errors."""
+    if "id" in record:  # name the record in every error below, a missing field included
+        where = f"{where} (id {record['id']})"
     for key in ("id", "question", "choices", "answerKey"):
         if key not in record:
             raise SlamkitError(f"{where}: missing field {key!r}")
     record_id = str(record["id"])
-    where = f"{where} (id {record_id})"
     choices = record["choices"]
     if not isinstance(choices, dict) or "text" not in choices or "label" not in choices:
         raise SlamkitError(f"{where}: 'choices' must be an object with 'text' and 'label' lists")
@@ -102,4 +109,32 @@ def conversation_from_record(record: dict[str, Any], where: str) -> Conversation
         assistant_text=letters[labels.index(answer)],
         choice_labels=letters,
         relabelled=relabelled,
+        question=record["question"],
+        choice_texts=list(texts),
     )
+
+
+def read_conversations(path: str | Path, require_choices: bool = False) -> list[dict]:
+    """Step-1 records, checked: text fields are strings; the answer is among ``choice_labels`` when given.
+
+    Each record gains ``_where`` (``file:line (id …)``) for later messages. ``require_choices`` makes
+    ``choice_labels`` mandatory (categorical scoring needs the offered letters).
+    """
+    records = []
+    for line, record in read_jsonl(path):
+        where = f"{path}:{line}" + (f" (id {record['id']})" if "id" in record else "")
+        for key in ("user_text", "assistant_text"):
+            if key not in record:
+                raise SlamkitError(f"{where}: missing field {key!r}")
+            if not isinstance(record[key], str) or not record[key]:
+                raise SlamkitError(f"{where}: {key!r} must be a non-empty string")
+        labels = record.get("choice_labels")
+        if labels is None and require_choices:
+            raise SlamkitError(f"{where}: missing field 'choice_labels' (the letters offered, from prepare_arc_data.py)")
+        if labels is not None:
+            if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+                raise SlamkitError(f"{where}: 'choice_labels' must be a non-empty list of strings")
+            if record["assistant_text"] not in labels:
+                raise SlamkitError(f"{where}: answer {record['assistant_text']!r} is not among choice_labels {labels}")
+        records.append({**record, "_where": where})
+    return records

@@ -72,3 +72,72 @@ def load_causal_lm(
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def build_model(
+    base_model_name: str,
+    twist_init: bool,
+    dtype: torch.dtype,
+    attn_implementation: str | None,
+    tokenizer_size: int,
+    vocab_size: int | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> PreTrainedModel:
+    """The model to train: ``base_model_name``'s architecture, TWIST-initialised from its weights or random.
+
+    The embedding table grows only when it must: to ``tokenizer_size`` when the tokenizer has more tokens
+    than the table has rows (Qwen3 pads its table to 151,936 > 151,669 tokens, so ChatML never needs it), or
+    to ``vocab_size`` when that is larger (new token types, e.g. speech units). New rows come from
+    transformers' mean resizing (drawn around the mean of the old rows). The table never shrinks.
+    """
+    if twist_init:
+        model = load_causal_lm(base_model_name, dtype, attn_implementation, trust_remote_code, allow_pickle)
+        log.info("TWIST init: every weight warm-started from %s", base_model_name)
+    else:
+        _check_source(base_model_name, "model")
+        try:
+            config = AutoConfig.from_pretrained(base_model_name, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise SlamkitError(f"{base_model_name}: cannot load the model config ({_first_line(err)})") from None
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+        )
+        log.info("twist_init=false: %s architecture with random weights (from-scratch ablation)", base_model_name)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if vocab_size is not None and vocab_size < tokenizer_size:
+        raise SlamkitError(f"model.vocab_size={vocab_size} is smaller than the tokenizer ({tokenizer_size} tokens)")
+    if vocab_size is not None and vocab_size < rows:
+        raise SlamkitError(
+            f"model.vocab_size={vocab_size} is smaller than {base_model_name}'s embedding table ({rows} rows); "
+            "the table is never shrunk: set model.vocab_size=null"
+        )
+    target = max(tokenizer_size, vocab_size or 0)
+    if target > rows:
+        model.resize_token_embeddings(target, mean_resizing=True)
+        log.info("embedding table grown from %d to %d rows; new rows initialised by mean resizing", rows, target)
+    else:
+        log.info("embedding table kept at %d rows (tokenizer has %d tokens)", rows, tokenizer_size)
+    return model
+
+
+def choose_device(device: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; an explicit ``cuda`` without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SlamkitError(f"--device {device}: no CUDA device here (use --device cpu or auto)")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise SlamkitError(f"--device {device!r} is not a torch device (auto, cpu, cuda, cuda:1 ...)") from None
+
+
+def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` → bfloat16 on CUDA, float32 elsewhere; bfloat16 on a GPU without it is an error."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    chosen = parse_dtype(dtype)
+    if chosen == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SlamkitError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bf16 (use float32 or float16)")
+    return chosen

@@ -1,0 +1,62 @@
+"""Step 4b: categorical accuracy of a trained checkpoint (letter logits at the answer position).
+
+    python example_arc/eval_arc.py --model_path example_arc/arc_model/checkpoint-423 \\
+        --data_path example_arc/arc_easy_test.jsonl --batch_size 16 [--max_problems 100] [--output_dir DIR]
+
+The tokenizer is the checkpoint's own (saved beside the weights by cli/train_sft.py); only a folder without
+one falls back to --tokenizer, and says so. Any local Hugging Face causal LM folder with a ChatML tokenizer
+can be scored. Exit code 0 only when every question asked for was scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from slamkit.arc import read_conversations
+from slamkit.errors import run_main
+from slamkit.evaluation import add_eval_arguments, evaluate_categorical, first_problems, summary_line, write_eval_outputs
+from slamkit.model import choose_device, choose_dtype, load_causal_lm, load_tokenizer
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_path", required=True, help="checkpoint folder (or any HF causal LM folder / hub id)")
+    parser.add_argument("--tokenizer", default="Qwen/Qwen3-0.6B", help="used only if --model_path has no tokenizer")
+    add_eval_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    records = first_problems(read_conversations(args.data_path, require_choices=True), args.max_problems)
+    device = choose_device(args.device)
+    dtype = choose_dtype(args.dtype, device)
+    folder = Path(args.model_path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        print(f"note: {folder} has no tokenizer; using --tokenizer {args.tokenizer}")
+        tokenizer_name = args.tokenizer
+    else:
+        tokenizer_name = args.model_path
+    tokenizer = load_tokenizer(tokenizer_name)
+    model = load_causal_lm(args.model_path, dtype).to(device)
+    start = time.perf_counter()
+    result = evaluate_categorical(model, tokenizer, records, args.batch_size)
+    seconds = time.perf_counter() - start
+    print(f"{args.model_path} on {args.data_path}: {result.total} questions, {device} {str(dtype)[6:]}, {seconds:.1f} s")
+    print(summary_line(result.correct, result.total, result.skipped))
+    if args.output_dir:
+        settings = {
+            "model": args.model_path, "tokenizer": tokenizer_name, "data_path": args.data_path, "scoring": "categorical",
+            "batch_size": args.batch_size, "max_problems": args.max_problems, "device": str(device), "dtype": str(dtype)[6:],
+        }
+        for path in write_eval_outputs(args.output_dir, result, settings):
+            print(f"wrote {path}")
+    return 0 if result.skipped == 0 else 1
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,80 @@
+"""Step 4a: accuracy of the base model before any training (same prompt and scoring as eval_arc.py).
+
+    python example_arc/eval_arc_base.py --model_name Qwen/Qwen3-0.6B \\
+        --data_path example_arc/arc_easy_test.jsonl --batch_size 16 --max_problems 100
+    python example_arc/eval_arc_base.py --scoring cloze ...   # lm-evaluation-harness style acc / acc_norm
+
+The base model and its own tokenizer, as published: no embedding resize. Exit code 0 only when every
+question asked for was scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from slamkit.arc import read_conversations
+from slamkit.cloze import score_cloze
+from slamkit.errors import run_main
+from slamkit.evaluation import add_eval_arguments, evaluate_categorical, first_problems, summary_line, write_eval_outputs
+from slamkit.jsonl import write_json, write_jsonl
+from slamkit.model import choose_device, choose_dtype, load_causal_lm, load_tokenizer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_name", default="Qwen/Qwen3-0.6B", help="hub id or local folder")
+    parser.add_argument(
+        "--scoring", default="categorical", choices=["categorical", "cloze"],
+        help="categorical: letter logits after the ChatML prompt (as eval_arc.py); "
+        "cloze: log-likelihood of each choice's text after 'Question: ...\\nAnswer:' (acc and acc_norm)",
+    )
+    add_eval_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    records = first_problems(read_conversations(args.data_path, require_choices=True), args.max_problems)
+    device = choose_device(args.device)
+    dtype = choose_dtype(args.dtype, device)
+    tokenizer = load_tokenizer(args.model_name)
+    model = load_causal_lm(args.model_name, dtype).to(device)
+    settings = {
+        "model": args.model_name, "tokenizer": args.model_name, "data_path": args.data_path, "scoring": args.scoring,
+        "batch_size": args.batch_size, "max_problems": args.max_problems, "device": str(device), "dtype": str(dtype)[6:],
+    }
+    start = time.perf_counter()
+    if args.scoring == "categorical":
+        result = evaluate_categorical(model, tokenizer, records, args.batch_size)
+        print(f"{args.model_name} on {args.data_path}: {result.total} questions, {device} {settings['dtype']}, "
+              f"{time.perf_counter() - start:.1f} s")
+        print(summary_line(result.correct, result.total, result.skipped))
+        if args.output_dir:
+            for path in write_eval_outputs(args.output_dir, result, settings):
+                print(f"wrote {path}")
+        return 0 if result.skipped == 0 else 1
+    predictions = score_cloze(model, tokenizer, records, args.batch_size)
+    total, skipped = len(records), len(records) - len(predictions)
+    correct = sum(p.pred == p.gold for p in predictions)
+    correct_norm = sum(p.pred_norm == p.gold for p in predictions)
+    print(f"{args.model_name} on {args.data_path}: {total} questions (cloze), {device} {settings['dtype']}, "
+          f"{time.perf_counter() - start:.1f} s")
+    print(summary_line(correct, total, skipped, label="acc"))
+    print(summary_line(correct_norm, total, skipped, label="acc_norm"))
+    if args.output_dir:
+        write_json(f"{args.output_dir}/results.json", {
+            "accuracy": correct / total, "accuracy_norm": correct_norm / total, "correct": correct,
+            "correct_norm": correct_norm, "total": total, "skipped": skipped, **settings,
+        })
+        write_jsonl(f"{args.output_dir}/predictions.jsonl", (
+            {"id": p.id, "gold": r["choice_labels"][p.gold], "pred": r["choice_labels"][p.pred],
+             "pred_norm": r["choice_labels"][p.pred_norm], "loglik": dict(zip(r["choice_labels"], p.loglik))}
+            for p, r in zip(predictions, records, strict=True)
+        ))
+        print(f"wrote {args.output_dir}/results.json and predictions.jsonl")
+    return 0 if skipped == 0 else 1
+
+
+if __name__ == "__main__":
+    run_main(main)

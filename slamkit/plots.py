@@ -1,0 +1,181 @@
+"""PNG figures of a run: loss and accuracy curves from the Trainer's log, and an answer-letter confusion matrix.
+
+Figures are drawn with the Agg canvas on a private ``Figure`` (no pyplot, no display, no global state) and
+each PNG appears at its path only when fully written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from slamkit.jsonl import atomic_output
+
+logger = logging.getLogger(__name__)
+
+DPI = 120
+TRAIN_LOSS_KEY = "loss"
+EVAL_LOSS_KEY = "eval_loss"
+EVAL_ACCURACY_KEY = "eval_accuracy"
+NO_ACCURACY_TEXT = "no validation accuracy logged"
+# Per-point value labels stay readable up to about this many evaluations; beyond it they would collide.
+MAX_ANNOTATED_POINTS = 12
+
+
+def _series(log_history: list[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """The ``(steps, values)`` of every log entry that carries ``key``, in log order."""
+    steps: list[float] = []
+    values: list[float] = []
+    for index, entry in enumerate(log_history):
+        if key not in entry:
+            continue
+        if "step" not in entry:
+            raise ValueError(f"log entry {index} has {key!r} but no 'step': {dict(entry)}")
+        steps.append(float(entry["step"]))
+        values.append(float(entry[key]))
+    return steps, values
+
+
+def _steps_per_epoch(log_history: list[Mapping[str, Any]]) -> float | None:
+    """Optimizer steps per epoch read off the last entry logging both a positive step and epoch, or None."""
+    for entry in reversed(log_history):
+        step, epoch = entry.get("step"), entry.get("epoch")
+        if step and epoch and step > 0 and epoch > 0:
+            return float(step) / float(epoch)
+    return None
+
+
+def _save_png(figure: Figure, path: str | Path) -> Path:
+    """Render ``figure`` as a PNG at ``path`` atomically and return the path."""
+    path = Path(path)
+    FigureCanvasAgg(figure)
+    with atomic_output(path, mode="wb") as handle:
+        figure.savefig(handle, format="png", dpi=DPI)
+    logger.info("wrote %s", path)
+    return path
+
+
+def _draw_accuracy(ax: Axes, steps: list[float], accuracies: list[float]) -> None:
+    """Validation accuracy in percent vs step, or a note that none was logged."""
+    ax.set_ylabel("validation accuracy (%)")
+    if not steps:
+        ax.text(0.5, 0.5, NO_ACCURACY_TEXT, transform=ax.transAxes, ha="center", va="center", color="0.4")
+        ax.set_yticks([])
+        return
+    percents = [100.0 * value for value in accuracies]
+    ax.plot(steps, percents, marker="o", color="tab:green", label="validation accuracy")
+    if len(steps) <= MAX_ANNOTATED_POINTS:
+        for step, percent in zip(steps, percents, strict=True):
+            ax.annotate(
+                f"{percent:.1f}%",
+                (step, percent),
+                textcoords="offset points",
+                # Below the point, unless that would run into the step tick labels.
+                xytext=(0, -14 if percent >= 15 else 8),
+                ha="center",
+                fontsize=8,
+            )
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+
+
+def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Plot training and validation loss, and validation accuracy, against optimizer step into a PNG at ``path``.
+
+    ``log_history`` is ``trainer_state.json["log_history"]``: entries with ``loss`` are training points,
+    entries with ``eval_loss`` / ``eval_accuracy`` (a fraction, drawn in percent) are validation points, and
+    anything else (the final ``train_loss`` / ``train_runtime`` summary) is ignored. A series that was never
+    logged is left out; epochs are shown on a secondary x axis when the log records them.
+
+    Example (``run_dir`` is a finished ``output_dir``)::
+
+        state = json.loads((run_dir / "trainer_state.json").read_text())
+        plot_training_curves(state["log_history"], run_dir / "training_curves.png", title=run_dir.name)
+    """
+    train_steps, train_losses = _series(log_history, TRAIN_LOSS_KEY)
+    eval_steps, eval_losses = _series(log_history, EVAL_LOSS_KEY)
+    accuracy_steps, accuracies = _series(log_history, EVAL_ACCURACY_KEY)
+    if not (train_steps or eval_steps or accuracy_steps):
+        raise ValueError("no training log entries to plot")
+
+    figure = Figure(figsize=(8, 6.5), layout="constrained")
+    loss_ax, accuracy_ax = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    figure.suptitle(title or "Training curves")
+
+    if train_steps:
+        loss_ax.plot(train_steps, train_losses, color="tab:blue", linewidth=1.2, label="training loss")
+    if eval_steps:
+        loss_ax.plot(eval_steps, eval_losses, color="tab:orange", marker="o", label="validation loss")
+    if train_steps or eval_steps:
+        loss_ax.legend(loc="best")
+    else:
+        loss_ax.text(0.5, 0.5, "no loss logged", transform=loss_ax.transAxes, ha="center", va="center", color="0.4")
+    loss_ax.set_ylabel("loss")
+    loss_ax.grid(alpha=0.3)
+
+    steps_per_epoch = _steps_per_epoch(log_history)
+    if steps_per_epoch is not None:
+        epoch_axis = loss_ax.secondary_xaxis(
+            "top", functions=(lambda step: step / steps_per_epoch, lambda epoch: epoch * steps_per_epoch)
+        )
+        epoch_axis.set_xlabel("epoch")
+
+    _draw_accuracy(accuracy_ax, accuracy_steps, accuracies)
+    accuracy_ax.set_xlabel("optimizer step")
+    return _save_png(figure, path)
+
+
+def plot_confusion_matrix(
+    gold: list[str], pred: list[str], letters: list[str], path: str | Path, title: str | None = None
+) -> Path:
+    """Plot the gold × predicted letter counts into a PNG at ``path``, with accuracy in the title.
+
+    Rows are gold letters and columns predicted letters, both in the order of ``letters``; the diagonal
+    holds the correct answers. A letter outside ``letters``, unequal lengths or no answers raise ``ValueError``.
+    """
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold letters but {len(pred)} predictions")
+    if not gold:
+        raise ValueError("no answers to plot")
+    if len(set(letters)) != len(letters) or not letters:
+        raise ValueError(f"letters must be distinct and non-empty, got {letters}")
+    index = {letter: position for position, letter in enumerate(letters)}
+    for name, answers in (("gold", gold), ("predicted", pred)):
+        unknown = sorted(set(answers) - index.keys())
+        if unknown:
+            raise ValueError(f"{name} letters {unknown} are not among {letters}")
+
+    size = len(letters)
+    counts = [[0] * size for _ in range(size)]
+    for gold_letter, pred_letter in zip(gold, pred, strict=True):
+        counts[index[gold_letter]][index[pred_letter]] += 1
+    correct = sum(counts[i][i] for i in range(size))
+    total = len(gold)
+    largest = max(max(row) for row in counts)
+
+    side = 2.5 + 0.6 * size
+    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(largest, 1))
+    for row in range(size):
+        for column in range(size):
+            count = counts[row][column]
+            # White on the dark cells so the number stays legible against the colour.
+            color = "white" if count > largest / 2 else "black"
+            ax.text(column, row, str(count), ha="center", va="center", color=color)
+    ax.set_xticks(range(size), letters)
+    ax.set_yticks(range(size), letters)
+    ax.set_xlabel("predicted letter")
+    ax.set_ylabel("gold letter")
+    colorbar = figure.colorbar(image, ax=ax, label="answers", shrink=0.8)
+    colorbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{title or 'Confusion matrix'}\naccuracy {correct}/{total} ({100.0 * correct / total:.1f}%)")
+    return _save_png(figure, path)
