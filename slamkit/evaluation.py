@@ -94,20 +94,28 @@ def questions_from_token_rows(rows: Sequence[TokenRow]) -> list[Question]:
 
 @torch.no_grad()
 def score_questions(
-    model, questions: Sequence[Question], batch_size: int, progress: bool = True
+    model,
+    questions: Sequence[Question],
+    batch_size: int,
+    progress: bool = True,
+    fast: bool = True,
 ) -> list[Prediction]:
     """Predict each question's letter: argmax over its candidates of the logits after the last prompt token.
 
-    Prompts are sorted by length and right-padded per batch (little padding). The LM head runs only at the
-    distinct last-prompt positions of a batch (``logits_to_keep``), not over every token. Results do not
-    depend on ``batch_size`` (up to float rounding of the attention kernels). Returned in input order.
+    Fast path (default): prompts are sorted by length and right-padded per batch (little padding), and the
+    LM head runs only at the distinct last-prompt positions of a batch (``logits_to_keep``). ``fast=False``
+    is the straightforward path (file order, full logits at every position), kept for the benchmark and the
+    exactness tests. Results do not depend on ``batch_size`` or the path (up to float rounding of the
+    kernels). Returned in input order.
     """
     if batch_size < 1:
         raise SlamkitError(f"batch size must be at least 1, got {batch_size}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    order = sorted(range(len(questions)), key=lambda i: len(questions[i].prompt_ids))
+    order = list(range(len(questions)))
+    if fast:
+        order.sort(key=lambda i: len(questions[i].prompt_ids))
     widest = max((len(q.choice_ids) for q in questions), default=0)
     results: list[Prediction | None] = [None] * len(questions)
     try:
@@ -120,7 +128,7 @@ def score_questions(
             for row, q in enumerate(batch):
                 input_ids[row, : lengths[row]] = torch.tensor(q.prompt_ids)
                 attention_mask[row, : lengths[row]] = 1
-            keep = sorted({n - 1 for n in lengths})
+            keep = sorted({n - 1 for n in lengths}) if fast else list(range(width))
             column = torch.tensor([keep.index(n - 1) for n in lengths])
             # Candidate ids padded to the widest question; padded slots are masked to -inf.
             candidates = torch.zeros((len(batch), widest), dtype=torch.long)
@@ -131,7 +139,7 @@ def score_questions(
             logits = model(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                logits_to_keep=torch.tensor(keep, device=device),
+                logits_to_keep=torch.tensor(keep, device=device) if fast else 0,  # 0 = every position
                 use_cache=False,
             ).logits
             last = logits[torch.arange(len(batch), device=device), column.to(device)]  # [B, V]
