@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import difflib
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +48,8 @@ def check_overrides(argv: list[str]) -> str | None:
     removed = [a for a in overrides if a.startswith("training_args.") and a.split("=")[0][14:] in REMOVED_TRAINING_ARGS]
     if removed:
         return unknown_training_argument_message(removed[0].split("=")[0][14:])
-    groups = [a for a in overrides if "." not in a.split("=")[0]]
+    group_names = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}  # model, data, training_args, logger
+    groups = [a for a in overrides if a.split("=")[0] in group_names]
     try:
         with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = hydra.compose("train_sft", overrides=groups)
@@ -55,7 +58,7 @@ def check_overrides(argv: list[str]) -> str | None:
     known = set(_keys(cfg))
     for override in overrides:
         key = override.split("=")[0]
-        if "." not in key or key in known or key.startswith(("hydra.",)):
+        if key in group_names or key in known:
             continue
         section, _, name = key.partition(".")
         if section == "training_args" and name in TRAINING_ARGUMENT_NAMES:
@@ -69,6 +72,8 @@ def check_overrides(argv: list[str]) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="../config", config_name="train_sft")
 def main(cfg: DictConfig) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate: user-facing output from rank 0 only
+        logging.getLogger("slamkit").setLevel(logging.WARNING)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     try:
         train(

@@ -36,13 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
     folder = Path(args.model_path)
+    model = load_causal_lm(args.model_path, dtype).to(device)  # first: a missing folder is "no such model folder"
     if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         print(f"note: {folder} has no tokenizer; using --tokenizer {args.tokenizer}")
         tokenizer_name = args.tokenizer
     else:
         tokenizer_name = args.model_path
     tokenizer = load_tokenizer(tokenizer_name)
-    model = load_causal_lm(args.model_path, dtype).to(device)
     start = time.perf_counter()
     result = evaluate_categorical(model, tokenizer, records, args.batch_size)
     seconds = time.perf_counter() - start

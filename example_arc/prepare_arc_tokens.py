@@ -55,7 +55,10 @@ def tokenize(records: list[dict], tokenizer) -> list[dict]:
                 if "choice_labels" in record:
                     missing = [x for x in record["choice_labels"] if x not in letter_ids]
                     if missing:
-                        letter_ids.update(zip(missing, single_token_ids(tokenizer, missing), strict=True))
+                        try:
+                            letter_ids.update(zip(missing, single_token_ids(tokenizer, missing), strict=True))
+                        except SlamkitError as err:  # name the record that offers the letter
+                            raise SlamkitError(f"{record['_where']}: {err}") from None
                     row["choice_ids"] = [letter_ids[x] for x in record["choice_labels"]]
                     gold = row["choice_ids"][record["choice_labels"].index(record["assistant_text"])]
                     if example.input_ids[example.prompt_length] != gold:

@@ -57,7 +57,10 @@ def questions_from_conversations(tokenizer, records: Sequence[dict], names: Sequ
         letters = record["choice_labels"]
         missing = [x for x in letters if x not in letter_ids]
         if missing:
-            letter_ids.update(zip(missing, single_token_ids(tokenizer, missing), strict=True))
+            try:
+                letter_ids.update(zip(missing, single_token_ids(tokenizer, missing), strict=True))
+            except SlamkitError as err:  # name the record that offers the letter
+                raise SlamkitError(f"{name}: {err}") from None
         if len(set(letters)) != len(letters):
             raise SlamkitError(f"{name}: repeated letters in choice_labels {letters}")
         if record["assistant_text"] not in letters:

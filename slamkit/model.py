@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from slamkit.errors import SlamkitError
@@ -57,6 +58,13 @@ def load_causal_lm(
     _check_source(name, "model")
     if os.path.isdir(name) and not (Path(name) / "config.json").is_file():
         raise SlamkitError(f"{name}: not a model folder (no config.json)")
+    if os.path.isdir(name) and not allow_pickle:
+        pickles = sorted(p.name for p in Path(name).glob("*.bin"))
+        if pickles and not any(Path(name).glob("*.safetensors")):
+            raise SlamkitError(
+                f"{name}: only pickle weights ({', '.join(pickles)}), refused because unpickling can run code: "
+                "convert them to safetensors, or opt in with allow_pickle=True (model.allow_pickle=true)"
+            )
     try:
         return AutoModelForCausalLM.from_pretrained(
             name,
@@ -65,6 +73,8 @@ def load_causal_lm(
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
         )
+    except SafetensorError as err:  # a truncated or overwritten model.safetensors
+        raise SlamkitError(f"{name}: corrupt weights file, cannot load the model ({_first_line(err)})") from None
     except (OSError, ValueError, RuntimeError) as err:
         raise SlamkitError(f"{name}: cannot load the model ({_first_line(err)})") from None
 

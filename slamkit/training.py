@@ -239,4 +239,10 @@ def train(
     trainer.save_state()  # trainer_state.json (the log history) beside the final weights
     if trainer.is_world_process_zero():
         write_run_record(output_dir, run_config or {})
+        from slamkit.plots import plot_training_curves
+
+        try:
+            plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=output_dir.name)
+        except ValueError as err:  # e.g. fewer steps than logging_steps: nothing was logged
+            log.info("training curves not plotted: %s", err)
     return output_dir

@@ -1,0 +1,153 @@
+"""Run figures: PNGs of the training log and of the answer-letter confusion matrix, written atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import IO
+
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from slamkit.plots import plot_confusion_matrix, plot_training_curves
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STEPS_PER_EPOCH = 141  # 2,251 / 16 per optimizer step, as in the reference run
+EPOCHS = 3
+LOGGING_STEPS = 10
+
+
+def trainer_log_history(*, with_eval: bool = True, with_accuracy: bool = True) -> list[dict]:
+    """A ``trainer_state.json["log_history"]`` shaped like the reference run's: 3 epochs, loss every 10 steps."""
+    history: list[dict] = []
+    last_step = EPOCHS * STEPS_PER_EPOCH
+    for step in range(1, last_step + 1):
+        epoch = step / STEPS_PER_EPOCH
+        if step % LOGGING_STEPS == 0:
+            history.append(
+                {
+                    "epoch": round(epoch, 4),
+                    "grad_norm": 4.2,
+                    "learning_rate": 2e-5 * 0.5 * (1 + math.cos(math.pi * step / last_step)),
+                    "loss": 0.3 + 2.2 * math.exp(-step / 60),
+                    "step": step,
+                }
+            )
+        if with_eval and step % STEPS_PER_EPOCH == 0:
+            entry = {
+                "epoch": float(step // STEPS_PER_EPOCH),
+                "eval_loss": 0.9 - 0.1 * step / STEPS_PER_EPOCH,
+                "eval_runtime": 3.4,
+                "eval_samples_per_second": 167.6,
+                "eval_steps_per_second": 10.6,
+                "step": step,
+            }
+            if with_accuracy:
+                entry["eval_accuracy"] = 0.6 + 0.06 * step / STEPS_PER_EPOCH
+            history.append(entry)
+    history.append(
+        {
+            "epoch": float(EPOCHS),
+            "step": last_step,
+            "total_flos": 1.2e15,
+            "train_loss": 0.61,
+            "train_runtime": 181.3,
+            "train_samples_per_second": 37.2,
+            "train_steps_per_second": 2.33,
+        }
+    )
+    return history
+
+
+def assert_png(path: Path) -> None:
+    """``path`` is a complete PNG of a plausible figure size, with no temporary file left beside it."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    height, width, channels = imread(path).shape
+    assert 300 <= height <= 2000 and 300 <= width <= 2000 and channels in (3, 4)
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_training_curves_of_a_full_run_are_a_png(tmp_path: Path) -> None:
+    """A 3-epoch log with per-epoch validation loss and accuracy plots to a PNG at the given path."""
+    path = plot_training_curves(trainer_log_history(), tmp_path / "curves.png", title="ARC-Easy SFT")
+    assert path == tmp_path / "curves.png"
+    assert_png(path)
+
+
+@pytest.mark.parametrize("with_accuracy", [False, True])
+def test_training_curves_without_validation_still_plot(tmp_path: Path, with_accuracy: bool) -> None:
+    """A log with no evaluation at all, or evaluation without accuracy, still plots (the series is left out)."""
+    history = trainer_log_history(with_eval=with_accuracy, with_accuracy=False)
+    assert_png(plot_training_curves(history, tmp_path / "curves.png"))
+
+
+def test_training_curves_creates_missing_folders(tmp_path: Path) -> None:
+    """The PNG's parent folders are created as needed and a string path is accepted."""
+    path = plot_training_curves(trainer_log_history(), str(tmp_path / "run" / "plots" / "curves.png"))
+    assert_png(Path(path))
+
+
+@pytest.mark.parametrize(
+    "history",
+    [[], [{"epoch": 3.0, "step": 423, "train_loss": 0.6, "train_runtime": 181.3}]],
+    ids=["empty", "summary-only"],
+)
+def test_training_curves_with_nothing_to_plot_raise(tmp_path: Path, history: list[dict]) -> None:
+    """An empty log, or one holding only the final summary, raises and writes nothing."""
+    with pytest.raises(ValueError, match="no training log entries to plot"):
+        plot_training_curves(history, tmp_path / "curves.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_confusion_matrix_is_a_png(tmp_path: Path) -> None:
+    """Gold and predicted letters plot to a PNG at the given path."""
+    gold = list("ABCDABCDABCDE")
+    pred = list("ABCDABCAABDDE")
+    path = plot_confusion_matrix(gold, pred, list("ABCDE"), tmp_path / "confusion.png", title="test split")
+    assert path == tmp_path / "confusion.png"
+    assert_png(path)
+
+
+@pytest.mark.parametrize(
+    ("gold", "pred"),
+    [(["A", "Z"], ["A", "B"]), (["A", "B"], ["A", "1"])],
+    ids=["unknown-gold", "unknown-prediction"],
+)
+def test_confusion_matrix_rejects_unknown_letters(tmp_path: Path, gold: list[str], pred: list[str]) -> None:
+    """A gold or predicted letter outside ``letters`` raises, naming it, and writes nothing."""
+    with pytest.raises(ValueError, match=r"not among \['A', 'B', 'C', 'D'\]"):
+        plot_confusion_matrix(gold, pred, list("ABCD"), tmp_path / "confusion.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_confusion_matrix_rejects_unequal_lengths(tmp_path: Path) -> None:
+    """Fewer predictions than gold letters raise instead of silently truncating."""
+    with pytest.raises(ValueError, match="2 gold letters but 1 predictions"):
+        plot_confusion_matrix(["A", "B"], ["A"], list("ABCD"), tmp_path / "confusion.png")
+
+
+def half_written_savefig(self: Figure, handle: IO[bytes], **kwargs: object) -> None:
+    """Stand-in for ``Figure.savefig`` that writes the start of a PNG and then fails, as a crash midway would."""
+    handle.write(PNG_SIGNATURE + b"partial")
+    raise RuntimeError("renderer crashed")
+
+
+def test_failed_render_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If rendering fails midway, no file (and no temporary file) is left at or beside the target."""
+    monkeypatch.setattr(Figure, "savefig", half_written_savefig)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        plot_training_curves(trainer_log_history(), tmp_path / "curves.png")
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        plot_confusion_matrix(["A"], ["A"], ["A"], tmp_path / "confusion.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_render_keeps_the_previous_file(tmp_path: Path) -> None:
+    """A re-plot that fails while drawing (a title with an unknown TeX command) leaves the earlier PNG as it was."""
+    path = plot_training_curves(trainer_log_history(), tmp_path / "curves.png")
+    before = path.read_bytes()
+    with pytest.raises(ValueError):
+        plot_training_curves(trainer_log_history(), path, title=r"$\notacommand$")
+    assert path.read_bytes() == before
+    assert_png(path)
