@@ -84,6 +84,11 @@ def single_token_ids(tokenizer, texts: Sequence[str], what: str = "choice letter
                 f"tokenizer {_tokenizer_name(tokenizer)}: {what} {text!r} is {len(ids)} tokens {ids}, not one; "
                 "categorical scoring needs every offered letter to be a single token"
             )
+        if tokenizer.decode(ids) != text:  # e.g. an unknown-token id standing in for a letter not in the vocabulary
+            raise SlamkitError(
+                f"tokenizer {_tokenizer_name(tokenizer)}: {what} {text!r} is not in the vocabulary "
+                f"(it encodes to id {ids[0]}, which decodes to {tokenizer.decode(ids)!r})"
+            )
         result.append(ids[0])
     return result
 
