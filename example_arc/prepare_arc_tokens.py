@@ -15,7 +15,7 @@ import argparse
 from tqdm import tqdm
 
 from slamkit.arc import read_conversations
-from slamkit.chatml import IGNORE_INDEX, encode_examples, single_token_ids
+from slamkit.chatml import IGNORE_INDEX, chatml_ids, encode_examples, single_token_ids
 from slamkit.errors import SlamkitError, run_main
 from slamkit.jsonl import write_jsonl
 from slamkit.model import load_tokenizer
@@ -35,10 +35,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def letter_token_ids(records: list[dict], tokenizer) -> dict[str, int]:
+    """The one token id of every letter offered in ``records``; a letter that is not one token names its record."""
+    letter_ids: dict[str, int] = {}
+    for record in records:
+        missing = [x for x in record.get("choice_labels", ()) if x not in letter_ids]
+        if missing:
+            try:
+                letter_ids.update(zip(missing, single_token_ids(tokenizer, missing), strict=True))
+            except SlamkitError as err:
+                raise SlamkitError(f"{record['_where']}: {err}") from None
+    return letter_ids
+
+
 def tokenize(records: list[dict], tokenizer) -> list[dict]:
     """Token rows for ``records`` (batched, with a progress bar)."""
     rows = []
-    letter_ids: dict[str, int] = {}
+    chatml_ids(tokenizer)  # the checks that need no example run before the progress bar starts
+    letter_ids = letter_token_ids(records, tokenizer)
     with tqdm(total=len(records), desc="tokenizing", unit="ex") as bar:
         for start in range(0, len(records), CHUNK):
             chunk = records[start : start + CHUNK]
@@ -53,12 +67,6 @@ def tokenize(records: list[dict], tokenizer) -> list[dict]:
                 if "id" in record:
                     row = {"id": record["id"], **row}
                 if "choice_labels" in record:
-                    missing = [x for x in record["choice_labels"] if x not in letter_ids]
-                    if missing:
-                        try:
-                            letter_ids.update(zip(missing, single_token_ids(tokenizer, missing), strict=True))
-                        except SlamkitError as err:  # name the record that offers the letter
-                            raise SlamkitError(f"{record['_where']}: {err}") from None
                     row["choice_ids"] = [letter_ids[x] for x in record["choice_labels"]]
                     gold = row["choice_ids"][record["choice_labels"].index(record["assistant_text"])]
                     if example.input_ids[example.prompt_length] != gold:

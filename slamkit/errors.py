@@ -20,6 +20,6 @@ def run_main(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except SlamkitError as err:
-        print(f"error: {err}", file=sys.stderr)
+        sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_BAD_INPUT)
     sys.exit(code or 0)

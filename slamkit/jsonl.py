@@ -30,7 +30,8 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise SlamkitError(f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno})") from None
+                reason = err.msg.removesuffix(" at")  # "Unterminated string starting at" + " at column 5"
+                raise SlamkitError(f"{path}:{number}: malformed JSON ({reason} at column {err.colno})") from None
             if not isinstance(record, dict):
                 raise SlamkitError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             seen = True

@@ -44,7 +44,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise SlamkitError(f"{name}: cannot load a tokenizer ({_first_line(err)})") from None
+        raise _load_error(name, "a tokenizer", err) from None
 
 
 def load_causal_lm(
@@ -76,7 +76,13 @@ def load_causal_lm(
     except SafetensorError as err:  # a truncated or overwritten model.safetensors
         raise SlamkitError(f"{name}: corrupt weights file, cannot load the model ({_first_line(err)})") from None
     except (OSError, ValueError, RuntimeError) as err:
-        raise SlamkitError(f"{name}: cannot load the model ({_first_line(err)})") from None
+        raise _load_error(name, "the model", err) from None
+
+
+def _load_error(name: str, what: str, err: BaseException) -> SlamkitError:
+    """``name: cannot load <what> (<reason>)``; a name that is no local folder was tried as a hub id: say so."""
+    tried = "" if os.path.exists(name) else "no such local folder, and as a hub id: "
+    return SlamkitError(f"{name}: {tried}cannot load {what} ({_first_line(err)})")
 
 
 def _first_line(err: BaseException) -> str:
@@ -109,7 +115,7 @@ def build_model(
         try:
             config = AutoConfig.from_pretrained(base_model_name, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
-            raise SlamkitError(f"{base_model_name}: cannot load the model config ({_first_line(err)})") from None
+            raise _load_error(base_model_name, "the model config", err) from None
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from slamkit.data import PackedCollator, PaddedCollator, TokenDataset, load_token_rows
 from slamkit.errors import SlamkitError
@@ -32,6 +32,7 @@ from slamkit.model import build_model, load_tokenizer, parse_dtype
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "slamkit_run.yaml"  # the resolved run config, saved beside the weights of every checkpoint
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # the Trainer's checkpoint folders
 
 # TrainingArguments keys that transformers 5.x no longer accepts, and what to write instead.
 REMOVED_TRAINING_ARGS = {
@@ -98,7 +99,8 @@ class SFTTrainer(Trainer):
         positions, targets = inputs.pop("logits_positions"), inputs.pop("targets")
         inputs.pop("labels")  # only there for the Trainer's count of supervised tokens
         outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
-        loss = F.cross_entropy(outputs.logits[0].float(), targets, reduction="sum")
+        logits = outputs.logits.squeeze(0).float()  # squeeze, not [0]: indexing would allocate a zeroed grad
+        loss = F.cross_entropy(logits, targets, reduction="sum", label_smoothing=self.args.label_smoothing_factor)
         # Same normalisation as transformers' own loss: by the supervised tokens of the whole optimizer step
         # (across accumulation and devices) when the Trainer counted them, else a per-batch mean.
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else targets.numel())
@@ -132,6 +134,22 @@ class RunRecordCallback(TrainerCallback):
 def write_run_record(folder: Path, run_config: dict[str, Any]) -> None:
     with atomic_output(folder / RUN_RECORD) as handle:
         yaml.safe_dump(run_config, handle, sort_keys=False)
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` holding the run record, which :class:`RunRecordCallback` writes last.
+
+    The Trainer writes a checkpoint's files in place, one after another; a newer folder without the record
+    was cut short (the run died while saving) and is skipped, with a warning, instead of failing the resume.
+    """
+    if not output_dir.is_dir():
+        return None
+    numbered = [(int(m[1]), p) for p in output_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_NAME.fullmatch(p.name))]
+    for _, folder in sorted(numbered, reverse=True):
+        if (folder / RUN_RECORD).is_file():
+            return str(folder)
+        log.warning("cont_training: skipping %s: incomplete (no %s; the run stopped while saving it)", folder, RUN_RECORD)
+    return None
 
 
 def training_arguments(kwargs: dict[str, Any], speed: SpeedSettings, has_validation: bool) -> TrainingArguments:
@@ -190,6 +208,19 @@ def train(
             f"{args.n_gpu} GPUs visible to one process: launch with torchrun --nproc_per_node={args.n_gpu} "
             "(or accelerate launch), or set CUDA_VISIBLE_DEVICES to one GPU"
         )
+    resume_from = None  # decided before any loading, so a run that cannot resume fails at once
+    if cont_training:
+        resume_from = last_complete_checkpoint(Path(args.output_dir))
+        if resume_from is None:
+            log.info("cont_training: no checkpoint in %s yet, starting from the beginning", args.output_dir)
+        elif not any((Path(resume_from) / name).exists() for name in ("optimizer.pt", "optimizer.bin")):
+            raise SlamkitError(
+                f"{resume_from}: no optimizer state to resume from (saved with save_only_model=true); "
+                "train with training_args.save_only_model=false to be able to resume"
+            )
+        else:
+            log.info("cont_training: resuming from %s", resume_from)
+
     set_seed(args.seed)
     tokenizer = load_tokenizer(model.tokenizer_name, model.trust_remote_code)
     net = build_model(
@@ -206,19 +237,6 @@ def train(
         for layer in net.get_decoder().layers:
             layer.compile(dynamic=True)
         log.info("compile: each decoder layer wrapped in torch.compile (dynamic shapes)")
-
-    resume_from = None
-    if cont_training:
-        resume_from = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if resume_from is None:
-            log.info("cont_training: no checkpoint in %s yet, starting from the beginning", args.output_dir)
-        elif not any((Path(resume_from) / name).exists() for name in ("optimizer.pt", "optimizer.bin")):
-            raise SlamkitError(
-                f"{resume_from}: no optimizer state to resume from (saved with save_only_model=true); "
-                "train with training_args.save_only_model=false to be able to resume"
-            )
-        else:
-            log.info("cont_training: resuming from %s", resume_from)
 
     trainer = SFTTrainer(
         model=net,

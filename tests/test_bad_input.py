@@ -1,0 +1,405 @@
+"""The bad-input catalogue (docs/troubleshooting.md): each case exits 2 with ONE line `error: <where>: <what>`
+naming the file:line, record id or config key, and leaves no output (nor a stray temporary file) behind.
+
+Most cases run in-process (``run_main(lambda: script.main(argv))``, stderr read with ``capsys``): a subprocess
+costs seconds of imports. One real subprocess of cli/train_sft.py proves the exit code end to end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from helpers import REPO, SAMPLE, SAMPLE_TOKENIZER, build_tiny_qwen3, run_script
+from slamkit.errors import EXIT_BAD_INPUT, run_main
+
+SPLITS = ("train", "validation", "test")
+
+
+# ---------------------------------------------------------------- harness
+
+
+def load_script(relative: str) -> ModuleType:
+    """Import a standalone script by path (it is not a package module) to call its ``main`` in-process."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(f"bad_input_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def step1() -> ModuleType:
+    return load_script("example_arc/prepare_arc_data.py")
+
+
+@pytest.fixture(scope="module")
+def step2() -> ModuleType:
+    return load_script("example_arc/prepare_arc_tokens.py")
+
+
+@pytest.fixture(scope="module")
+def eval_arc() -> ModuleType:
+    return load_script("example_arc/eval_arc.py")
+
+
+@pytest.fixture(scope="module")
+def train_cli() -> ModuleType:
+    return load_script("cli/train_sft.py")
+
+
+def fails(capsys, main: Callable[[], int | None], after_bar: str | None = None) -> str:
+    """Run ``main`` as a script runs it; assert exit code 2 and exactly one stderr line; return that line.
+
+    ``after_bar``: the progress bar of a step that succeeded before the error (e.g. transformers'
+    "Loading weights") may precede the line; nothing else may.
+    """
+    capsys.readouterr()  # drop what earlier steps printed
+    with pytest.raises(SystemExit) as caught:
+        run_main(main)
+    assert caught.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    if after_bar is not None:
+        before, marker, rest = err.rpartition("error: ")
+        assert all(not part.strip() or part.startswith(after_bar) for part in re.split(r"[\r\n]", before)), err
+        err = marker + rest
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n"), err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def assert_empty(folder: Path) -> None:
+    """No output file and no temporary file: the folder is absent or empty."""
+    assert not folder.exists() or sorted(p.name for p in folder.iterdir()) == []
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- step 1: ARC records -> conversations
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    """A --source folder with the first 3 sample records of each split (hub layout)."""
+    folder = tmp_path / "source"
+    for split in SPLITS:
+        lines = (SAMPLE / f"ARC-Easy-{split}.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+        write_lines(folder / f"ARC-Easy-{split}.jsonl", lines)
+    return folder
+
+
+def edit_record(source: Path, split: str, line: int, edit: Callable[[dict], None]) -> tuple[Path, str]:
+    """Apply ``edit`` to the record on ``line`` (1-based) of ``split``; return the file and the record's id."""
+    path = source / f"ARC-Easy-{split}.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[line - 1])
+    edit(record)
+    lines[line - 1] = json.dumps(record)
+    write_lines(path, lines)
+    return path, record.get("id", "")
+
+
+def run_step1(capsys, step1, source: Path, out: Path) -> str:
+    out.mkdir(exist_ok=True)  # exists and empty: any file written (or left) in it would show
+    return fails(capsys, lambda: step1.main(["--source", str(source), "--output_dir", str(out)]))
+
+
+def test_malformed_json_line(step1, source, tmp_path, capsys):
+    """A truncated JSON line names file:line and column; no split is written, not even the valid ones."""
+    path = source / "ARC-Easy-test.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[1] = lines[1][:-10]
+    write_lines(path, lines)
+    line = run_step1(capsys, step1, source, tmp_path / "out")
+    assert line.startswith(f"error: {path}:2: malformed JSON (")
+    assert_empty(tmp_path / "out")
+
+
+def test_missing_field(step1, source, tmp_path, capsys):
+    """A record without answerKey names file:line, its id and the field."""
+    path, record_id = edit_record(source, "validation", 3, lambda r: r.pop("answerKey"))
+    line = run_step1(capsys, step1, source, tmp_path / "out")
+    assert line == f"error: {path}:3 (id {record_id}): missing field 'answerKey'"
+    assert_empty(tmp_path / "out")
+
+
+def test_answer_key_not_among_labels(step1, source, tmp_path, capsys):
+    """An answerKey that is not one of the record's labels names file:line, id, the key and the labels."""
+    path, record_id = edit_record(source, "train", 2, lambda r: r.update(answerKey="F"))
+    labels = json.loads(path.read_text(encoding="utf-8").splitlines()[1])["choices"]["label"]
+    line = run_step1(capsys, step1, source, tmp_path / "out")
+    assert line == f"error: {path}:2 (id {record_id}): answerKey 'F' is not among the labels {labels}"
+    assert_empty(tmp_path / "out")
+
+
+def test_empty_choices(step1, source, tmp_path, capsys):
+    """A record with no choices names file:line and id."""
+    path, record_id = edit_record(source, "test", 1, lambda r: r.update(choices={"text": [], "label": []}))
+    line = run_step1(capsys, step1, source, tmp_path / "out")
+    assert line == f"error: {path}:1 (id {record_id}): empty choices"
+    assert_empty(tmp_path / "out")
+
+
+def test_empty_input_file(step1, source, tmp_path, capsys):
+    """A split file with no records (blank lines only) is named as empty."""
+    path = write_lines(source / "ARC-Easy-validation.jsonl", ["", "  "])
+    line = run_step1(capsys, step1, source, tmp_path / "out")
+    assert line == f"error: {path}: empty file (no records)"
+    assert_empty(tmp_path / "out")
+
+
+def test_split_missing_from_source(step1, source, tmp_path, capsys):
+    """A --source folder without a test file names the folder and the split."""
+    (source / "ARC-Easy-test.jsonl").unlink()
+    line = run_step1(capsys, step1, source, tmp_path / "out")
+    assert line == (
+        f"error: {source}: no test file (expected a .jsonl or .parquet file whose name contains 'test')"
+    )
+    assert_empty(tmp_path / "out")
+
+
+# ---------------------------------------------------------------- step 2: conversations -> token rows
+
+
+def conversations(path: Path, *records: dict) -> Path:
+    return write_lines(path, [json.dumps(r, ensure_ascii=False) for r in records])
+
+
+GOOD = {"id": "q1", "user_text": "Which is a gas?", "assistant_text": "B", "choice_labels": ["A", "B", "C", "D"]}
+
+
+def plain_tokenizer_folder(folder: Path) -> Path:
+    """A word-level fast tokenizer built in-process, without <|im_start|>/<|im_end|>, saved to ``folder``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[UNK]", "[PAD]", "A", "B", "C", "D", "Which", "is", "a", "gas", "?"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
+    return folder
+
+
+def test_tokenizer_without_chatml_tokens(step2, tmp_path, capsys):
+    """A tokenizer that lacks <|im_start|> is named, with what to use instead; no token file appears."""
+    data = conversations(tmp_path / "conv.jsonl", GOOD)
+    tokenizer = plain_tokenizer_folder(tmp_path / "plain_tokenizer")
+    out = tmp_path / "out"
+    argv = ["--data_path", str(data), "--out_path", str(out / "tokens.jsonl"), "--tokenizer", str(tokenizer)]
+    line = fails(capsys, lambda: step2.main(argv))
+    assert line == (
+        f"error: tokenizer {tokenizer}: has no ChatML token <|im_start|>; use a tokenizer that defines "
+        "<|im_start|> and <|im_end|> (every Qwen tokenizer does)"
+    )
+    assert_empty(out)
+
+
+def test_choice_letter_that_is_not_one_token(step2, tmp_path, capsys):
+    """A choice label the tokenizer splits into two tokens names file:line, the record and the ids."""
+    bad = {**GOOD, "id": "q2", "choice_labels": ["A", "B", "C", "D1"]}
+    data = conversations(tmp_path / "conv.jsonl", GOOD, bad)
+    out = tmp_path / "out"
+    argv = ["--data_path", str(data), "--out_path", str(out / "tokens.jsonl"), "--tokenizer", str(SAMPLE_TOKENIZER)]
+    line = fails(capsys, lambda: step2.main(argv))
+    assert line == (
+        f"error: {data}:2 (id q2): tokenizer {SAMPLE_TOKENIZER}: choice letter 'D1' is 2 tokens [35, 16], not one; "
+        "categorical scoring needs every offered letter to be a single token"
+    )
+    assert_empty(out)
+
+
+# ---------------------------------------------------------------- step 3: token rows, Hydra keys, precision
+
+ROW = {"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8], "attention_mask": [1, 1, 1, 1]}
+
+
+def token_rows(path: Path, *rows: dict) -> Path:
+    return write_lines(path, [json.dumps(r) for r in rows])
+
+
+@pytest.mark.parametrize(
+    ("bad", "what"),
+    [
+        ({**ROW, "labels": [-100, -100, 7]}, "input_ids (4) and labels (3) differ in length"),
+        ({**ROW, "labels": [-100] * 4}, "no supervised label (every label is -100): this row would train on nothing"),
+    ],
+    ids=["unequal-lengths", "no-supervised-label"],
+)
+def test_bad_token_row(bad, what, tmp_path, capsys):
+    """A token row with unequal lengths or nothing to learn is refused, naming file:line."""
+    from slamkit.data import load_token_rows
+
+    path = token_rows(tmp_path / "rows.jsonl", ROW, ROW, bad)
+    assert fails(capsys, lambda: load_token_rows(str(path))) == f"error: {path}:3: {what}"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random tiny Qwen3 (hidden 64, 2 layers, 512-token context) with the bundled tokenizer."""
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_sequence_longer_than_the_model_context(tiny_model, tmp_path, capsys):
+    """train() refuses a row longer than the model's max_position_embeddings, naming file:line, before any output."""
+    from slamkit.training import DataSettings, ModelSettings, train
+
+    long_row = {"input_ids": list(range(600)), "labels": [-100] * 599 + [599]}
+    path = token_rows(tmp_path / "rows.jsonl", ROW, long_row)
+    out = tmp_path / "run"
+    line = fails(capsys, lambda: train(
+        ModelSettings(base_model_name=str(tiny_model), tokenizer_name=str(tiny_model)),
+        DataSettings(train_path=str(path)),
+        {"output_dir": str(out), "bf16": False, "report_to": "none", "num_train_epochs": 1},
+    ), after_bar="Loading weights")  # train() reads the rows after loading the weights (it needs the context)
+    assert line == (
+        f"error: {path}:2: 600 tokens, longer than the model's context of 512 "
+        "(drop long examples with prepare_arc_tokens.py --max_length)"
+    )
+    assert_empty(out)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainig_args.x=1", "trainig_args.x is not a config key: did you mean training_args?"),
+        ("cont_trainin=true", "cont_trainin is not a config key: did you mean cont_training?"),
+        ("model.base_model_nam=x", "model.base_model_nam is not a config key: did you mean model.base_model_name?"),
+        (
+            "training_args.learning_rat=1e-5",
+            "training_args.learning_rat is not a transformers TrainingArguments field: "
+            "did you mean training_args.learning_rate?",
+        ),
+    ],
+)
+def test_unknown_or_misspelt_hydra_key(train_cli, override, message):
+    """A misspelt override is named with the key it probably meant."""
+    assert train_cli.check_overrides([override]) == message
+
+
+def test_training_args_key_removed_in_transformers_5(train_cli):
+    """training_args.warmup_ratio (gone in transformers 5.x) names its replacement, warmup_steps."""
+    assert train_cli.check_overrides(["training_args.warmup_ratio=0.1"]) == (
+        "training_args.warmup_ratio was removed in transformers 5.x: write training_args.warmup_steps=0.03 "
+        "(a float below 1 is a fraction of the total steps)"
+    )
+
+
+def test_removed_key_added_with_plus_is_refused_by_the_library(tmp_path, capsys):
+    """The same message when the removed key reaches training_arguments (e.g. +training_args.warmup_ratio=0.1)."""
+    from slamkit.training import SpeedSettings, training_arguments
+
+    kwargs = {"output_dir": str(tmp_path / "run"), "warmup_ratio": 0.1}
+    line = fails(capsys, lambda: training_arguments(kwargs, SpeedSettings(), has_validation=False))
+    assert line.startswith("error: training_args.warmup_ratio was removed in transformers 5.x: write training_args.warmup_steps=")
+    assert_empty(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_train_cli_exits_2_on_a_misspelt_key(tmp_path):
+    """The real command: exit code 2, one stderr line naming the key, and no run folder."""
+    out = tmp_path / "run"
+    result = run_script("cli/train_sft.py", "trainig_args.x=1", f"training_args.output_dir={out}", timeout=120)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    assert result.stderr.splitlines() == ["error: trainig_args.x is not a config key: did you mean training_args?"]
+    assert not out.exists()
+
+
+@pytest.fixture
+def cuda_without_bf16(monkeypatch) -> str:
+    """Pretend a CUDA GPU without bf16 (a V100) is present."""
+    name = "Tesla V100-SXM2-16GB"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: name)
+    return name
+
+
+def test_bf16_training_on_a_gpu_without_bf16(cuda_without_bf16, tmp_path, capsys):
+    """training_args.bf16=true on a GPU without bf16 names the key and the device and says what to set."""
+    from slamkit.training import SpeedSettings, training_arguments
+
+    kwargs = {"output_dir": str(tmp_path / "run"), "bf16": True}
+    line = fails(capsys, lambda: training_arguments(kwargs, SpeedSettings(), has_validation=False))
+    assert line == (
+        f"error: training_args.bf16=true but {cuda_without_bf16} has no bf16: "
+        "set training_args.bf16=false (float32) or training_args.fp16=true"
+    )
+    assert_empty(tmp_path / "run")
+
+
+def test_bf16_evaluation_on_a_gpu_without_bf16(cuda_without_bf16, capsys):
+    """--dtype bfloat16 for evaluation on a GPU without bf16 names the flag and the device."""
+    from slamkit.model import choose_dtype
+
+    line = fails(capsys, lambda: choose_dtype("bfloat16", torch.device("cuda")))
+    assert line == f"error: --dtype bfloat16: {cuda_without_bf16} has no bf16 (use float32 or float16)"
+
+
+# ---------------------------------------------------------------- step 4: checkpoints
+
+
+@pytest.fixture
+def eval_data(tmp_path) -> Path:
+    return conversations(tmp_path / "test.jsonl", GOOD, {**GOOD, "id": "q2", "assistant_text": "D"})
+
+
+def run_eval(capsys, eval_arc, model_path: Path, data: Path, out: Path) -> str:
+    argv = ["--model_path", str(model_path), "--data_path", str(data), "--device", "cpu", "--output_dir", str(out)]
+    return fails(capsys, lambda: eval_arc.main(argv))
+
+
+def test_missing_checkpoint_folder(eval_arc, eval_data, tmp_path, capsys):
+    """A --model_path that does not exist is named as a missing model folder (no hub lookup); no results written."""
+    missing = tmp_path / "arc_model" / "checkpoint-423"
+    line = run_eval(capsys, eval_arc, missing, eval_data, tmp_path / "out")
+    assert line == f"error: {missing}: no such model folder"
+    assert_empty(tmp_path / "out")
+
+
+def test_missing_checkpoint_that_could_be_a_hub_id(eval_arc, eval_data, tmp_path, capsys, monkeypatch):
+    """A missing relative `dir/name` path (shaped like a hub id) says it is no local folder and failed as a hub id."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as tests/helpers.run_script sets it
+    monkeypatch.chdir(tmp_path)
+    line = run_eval(capsys, eval_arc, Path("arc_model/checkpoint-423"), eval_data, tmp_path / "out")
+    assert line.startswith("error: arc_model/checkpoint-423: no such local folder, and as a hub id: cannot load the model (")
+    assert_empty(tmp_path / "out")
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: truncate(f / "model.safetensors"), ": corrupt weights file, cannot load the model ("),
+        (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64), ": corrupt weights file, cannot load the model ("),
+        (lambda f: (f / "model.safetensors").unlink(), ": cannot load the model (Error no file named model.safetensors"),
+        (lambda f: (f / "config.json").write_text("{", encoding="utf-8"), ": cannot load the model ("),
+        (lambda f: (f / "config.json").unlink(), ": not a model folder (no config.json)"),
+    ],
+    ids=["truncated-weights", "garbage-weights", "no-weights", "corrupt-config", "no-config"],
+)
+def test_corrupt_checkpoint_folder(eval_arc, eval_data, tiny_model, damage, message, tmp_path, capsys):
+    """A damaged checkpoint folder is named in one line instead of a traceback; no results written."""
+    folder = tmp_path / "checkpoint-1"
+    shutil.copytree(tiny_model, folder)
+    damage(folder)
+    line = run_eval(capsys, eval_arc, folder, eval_data, tmp_path / "out")
+    assert line.startswith(f"error: {folder}{message}")
+    assert_empty(tmp_path / "out")
