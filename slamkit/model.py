@@ -90,6 +90,31 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def load_model_config(name: str, trust_remote_code: bool = False):
+    """``AutoConfig.from_pretrained`` with one-line errors (cheap: no weights are read)."""
+    _check_source(name, "model")
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error(name, "the model config", err) from None
+
+
+def embedding_rows(config_rows: int, tokenizer_size: int, vocab_size: int | None, name: str) -> int:
+    """The embedding table's rows for training: the model's own, grown only to fit the tokenizer or ``vocab_size``.
+
+    Qwen3 pads its table to 151,936 rows (> 151,669 tokens), so ChatML never grows it; a larger ``vocab_size``
+    makes room for new token types (e.g. speech units). The table never shrinks.
+    """
+    if vocab_size is not None and vocab_size < tokenizer_size:
+        raise SlamkitError(f"model.vocab_size={vocab_size} is smaller than the tokenizer ({tokenizer_size} tokens)")
+    if vocab_size is not None and vocab_size < config_rows:
+        raise SlamkitError(
+            f"model.vocab_size={vocab_size} is smaller than {name}'s embedding table ({config_rows} rows); "
+            "the table is never shrunk: set model.vocab_size=null"
+        )
+    return max(config_rows, tokenizer_size, vocab_size or 0)
+
+
 def build_model(
     base_model_name: str,
     twist_init: bool,
@@ -102,33 +127,20 @@ def build_model(
 ) -> PreTrainedModel:
     """The model to train: ``base_model_name``'s architecture, TWIST-initialised from its weights or random.
 
-    The embedding table grows only when it must: to ``tokenizer_size`` when the tokenizer has more tokens
-    than the table has rows (Qwen3 pads its table to 151,936 > 151,669 tokens, so ChatML never needs it), or
-    to ``vocab_size`` when that is larger (new token types, e.g. speech units). New rows come from
-    transformers' mean resizing (drawn around the mean of the old rows). The table never shrinks.
+    The embedding table has :func:`embedding_rows` rows; rows added to it come from transformers' mean
+    resizing (drawn around the mean of the old rows), and the log says so.
     """
     if twist_init:
         model = load_causal_lm(base_model_name, dtype, attn_implementation, trust_remote_code, allow_pickle)
         log.info("TWIST init: every weight warm-started from %s", base_model_name)
     else:
-        _check_source(base_model_name, "model")
-        try:
-            config = AutoConfig.from_pretrained(base_model_name, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as err:
-            raise _load_error(base_model_name, "the model config", err) from None
+        config = load_model_config(base_model_name, trust_remote_code)
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
         )
         log.info("twist_init=false: %s architecture with random weights (from-scratch ablation)", base_model_name)
     rows = model.get_input_embeddings().weight.shape[0]
-    if vocab_size is not None and vocab_size < tokenizer_size:
-        raise SlamkitError(f"model.vocab_size={vocab_size} is smaller than the tokenizer ({tokenizer_size} tokens)")
-    if vocab_size is not None and vocab_size < rows:
-        raise SlamkitError(
-            f"model.vocab_size={vocab_size} is smaller than {base_model_name}'s embedding table ({rows} rows); "
-            "the table is never shrunk: set model.vocab_size=null"
-        )
-    target = max(tokenizer_size, vocab_size or 0)
+    target = embedding_rows(rows, tokenizer_size, vocab_size, base_model_name)
     if target > rows:
         model.resize_token_embeddings(target, mean_resizing=True)
         log.info("embedding table grown from %d to %d rows; new rows initialised by mean resizing", rows, target)

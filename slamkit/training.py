@@ -27,7 +27,7 @@ from slamkit.data import PackedCollator, PaddedCollator, TokenDataset, load_toke
 from slamkit.errors import SlamkitError
 from slamkit.evaluation import Question, accuracy, questions_from_token_rows, score_questions
 from slamkit.jsonl import atomic_output
-from slamkit.model import build_model, load_tokenizer, parse_dtype
+from slamkit.model import build_model, embedding_rows, load_model_config, load_tokenizer, parse_dtype
 
 log = logging.getLogger(__name__)
 
@@ -221,18 +221,20 @@ def train(
         else:
             log.info("cont_training: resuming from %s", resume_from)
 
-    set_seed(args.seed)
+    # Everything that can be checked without the weights is checked before loading them.
     tokenizer = load_tokenizer(model.tokenizer_name, model.trust_remote_code)
+    config = load_model_config(model.base_model_name, model.trust_remote_code)
+    context = getattr(config, "max_position_embeddings", None)
+    rows = embedding_rows(config.vocab_size, len(tokenizer), model.vocab_size, model.base_model_name)
+    train_rows = load_token_rows(data.train_path, context, rows, data.max_train_examples)
+    val_rows = load_token_rows(data.val_path, context, rows, data.max_val_examples) if data.val_path else None
+    log.info("data: %d training rows%s", len(train_rows), f", {len(val_rows)} validation rows" if val_rows else "")
+    set_seed(args.seed)
     net = build_model(
         model.base_model_name, model.twist_init, parse_dtype(model.dtype), model.attn_implementation,
         tokenizer_size=len(tokenizer), vocab_size=model.vocab_size,
         trust_remote_code=model.trust_remote_code, allow_pickle=model.allow_pickle,
     )
-    context = getattr(net.config, "max_position_embeddings", None)
-    rows = net.get_input_embeddings().weight.shape[0]
-    train_rows = load_token_rows(data.train_path, context, rows, data.max_train_examples)
-    val_rows = load_token_rows(data.val_path, context, rows, data.max_val_examples) if data.val_path else None
-    log.info("data: %d training rows%s", len(train_rows), f", {len(val_rows)} validation rows" if val_rows else "")
     if speed.compile:
         for layer in net.get_decoder().layers:
             layer.compile(dynamic=True)

@@ -263,7 +263,7 @@ def test_sequence_longer_than_the_model_context(tiny_model, tmp_path, capsys):
         ModelSettings(base_model_name=str(tiny_model), tokenizer_name=str(tiny_model)),
         DataSettings(train_path=str(path)),
         {"output_dir": str(out), "bf16": False, "report_to": "none", "num_train_epochs": 1},
-    ), after_bar="Loading weights")  # train() reads the rows after loading the weights (it needs the context)
+    ))  # the rows are checked against the model's config before any weight is loaded
     assert line == (
         f"error: {path}:2: 600 tokens, longer than the model's context of 512 "
         "(drop long examples with prepare_arc_tokens.py --max_length)"
