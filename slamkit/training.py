@@ -152,6 +152,12 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     return None
 
 
+def _integration_available(name: str) -> bool:
+    from transformers import integrations
+
+    return {"tensorboard": integrations.is_tensorboard_available, "wandb": integrations.is_wandb_available}[name]()
+
+
 def training_arguments(kwargs: dict[str, Any], speed: SpeedSettings, has_validation: bool) -> TrainingArguments:
     """``TrainingArguments(**kwargs)`` after the checks and the device/precision decision (logged in one line)."""
     for key in kwargs:
@@ -173,6 +179,10 @@ def training_arguments(kwargs: dict[str, Any], speed: SpeedSettings, has_validat
     else:
         kwargs["use_cpu"] = True
         log.info("precision: no CUDA device, training on CPU in %s", "bf16 autocast (float32 weights)" if bf16 else "float32")
+    reporters = kwargs.get("report_to") or []
+    for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if name in ([reporters] if isinstance(reporters, str) else reporters) and not _integration_available(name):
+            raise SlamkitError(f"logger={name} (training_args.report_to) needs the {package} package: pip install {package}")
     if kwargs.get("run_name") is None:
         kwargs["run_name"] = Path(kwargs["output_dir"]).name  # loggers name the run after its folder
     if speed.single_micro_batch and kwargs.get("gradient_accumulation_steps", 1) > 1:

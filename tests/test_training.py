@@ -74,8 +74,10 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("logger", ["print", "tensorboard", "wandb"])
-def test_every_shipped_config_composes_into_training_arguments(logger):
-    """Each logger choice composes with the default groups, and its training_args build TrainingArguments."""
+def test_every_shipped_config_composes_into_training_arguments(logger, monkeypatch):
+    """Each logger choice composes with the default groups, and its training_args build TrainingArguments
+    (the logger's package counted as installed: its absence is the next test's subject)."""
+    monkeypatch.setattr("slamkit.training._integration_available", lambda name: True)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train_sft", overrides=[f"logger={logger}"])
     from omegaconf import OmegaConf
@@ -182,3 +184,16 @@ def test_two_process_gloo_run_finishes(tiny_base, token_files, tmp_path):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]  # 48 rows / (16 x 2 ranks) -> 2 steps
     assert AutoModelForCausalLM.from_pretrained(out) is not None
     assert done.stdout.count("data: 48 training rows") + done.stderr.count("data: 48 training rows") == 1  # rank 0 only
+
+
+def test_logger_without_its_package_is_a_one_line_error():
+    """logger=tensorboard / wandb without the package installed fails when the arguments are built, naming it."""
+    from transformers import integrations
+
+    from slamkit.errors import SlamkitError
+
+    for name, available in (("tensorboard", integrations.is_tensorboard_available()), ("wandb", integrations.is_wandb_available())):
+        if available:
+            continue
+        with pytest.raises(SlamkitError, match=f"logger={name} .* pip install {name}"):
+            training_arguments({"output_dir": "x", "report_to": [name]}, SpeedSettings(), has_validation=False)
