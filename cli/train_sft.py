@@ -44,10 +44,11 @@ def check_overrides(argv: list[str]) -> str | None:
 
     Hydra would also refuse it, but its message suggests appending the misspelt key; this says what to write.
     """
-    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra."))]
-    removed = [a for a in overrides if a.startswith("training_args.") and a.split("=")[0][14:] in REMOVED_TRAINING_ARGS]
-    if removed:
-        return unknown_training_argument_message(removed[0].split("=")[0][14:])
+    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra.", "hydra/"))]
+    for override in overrides:
+        section, _, name = override.split("=")[0].partition(".")
+        if section == "training_args" and name in REMOVED_TRAINING_ARGS:
+            return unknown_training_argument_message(name)
     group_names = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}  # model, data, training_args, logger
     groups = [a for a in overrides if a.split("=")[0] in group_names]
     try:

@@ -180,9 +180,10 @@ def training_arguments(kwargs: dict[str, Any], speed: SpeedSettings, has_validat
         kwargs["use_cpu"] = True
         log.info("precision: no CUDA device, training on CPU in %s", "bf16 autocast (float32 weights)" if bf16 else "float32")
     reporters = kwargs.get("report_to") or []
-    for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
-        if name in ([reporters] if isinstance(reporters, str) else reporters) and not _integration_available(name):
-            raise SlamkitError(f"logger={name} (training_args.report_to) needs the {package} package: pip install {package}")
+    reporters = [reporters] if isinstance(reporters, str) else reporters
+    for name in ("tensorboard", "wandb"):
+        if name in reporters and not _integration_available(name):
+            raise SlamkitError(f"logger={name} (training_args.report_to) needs the {name} package: pip install {name}")
     if kwargs.get("run_name") is None:
         kwargs["run_name"] = Path(kwargs["output_dir"]).name  # loggers name the run after its folder
     if speed.single_micro_batch and kwargs.get("gradient_accumulation_steps", 1) > 1:
