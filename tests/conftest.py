@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import helpers
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"  # ../shared beside the repo: full data and tokenizers, not in a user's clone
-QWEN_TOKENIZER_DIR = REPO_ROOT / "example_arc" / "sample" / "qwen_tokenizer"
+from helpers import REPO as REPO_ROOT
+from helpers import SAMPLE_TOKENIZER as QWEN_TOKENIZER_DIR
+from helpers import SHARED
 
 
 @pytest.fixture(scope="session")
@@ -69,46 +66,28 @@ def plain_tokenizer_factory() -> Callable:
     return _make_plain_tokenizer
 
 
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONIOENCODING="utf-8")
-    return env
-
-
-def _run_script(script_rel_path: str, *args: str | Path) -> subprocess.CompletedProcess:
-    """Run ``python <script> args`` from the repo root, offline; return the CompletedProcess (text, captured)."""
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / script_rel_path), *map(str, args)],
-        cwd=REPO_ROOT,
-        env=_subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="session")
 def run_script() -> Callable[..., subprocess.CompletedProcess]:
     """``run_script("example_arc/prepare_arc_data.py", "--source", d)``: a subprocess (3-5 s of imports each)."""
-    return _run_script
-
-
-_SCRIPTS: dict[str, ModuleType] = {}
-
-
-def _load_script(script_rel_path: str) -> ModuleType:
-    """Import a standalone script (not a package module) by path, once, to call its ``main(argv)`` in-process."""
-    if script_rel_path not in _SCRIPTS:
-        path = REPO_ROOT / script_rel_path
-        name = "script_" + path.stem
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _SCRIPTS[script_rel_path] = module
-    return _SCRIPTS[script_rel_path]
+    return helpers.run_script
 
 
 @pytest.fixture(scope="session")
 def load_script() -> Callable[[str], ModuleType]:
     """``load_script("example_arc/prepare_arc_data.py").main([...])`` runs a script in-process."""
-    return _load_script
+    return helpers.load_script
+
+
+@pytest.fixture(scope="module")
+def step1() -> ModuleType:
+    return helpers.load_script("example_arc/prepare_arc_data.py")
+
+
+@pytest.fixture(scope="module")
+def step2() -> ModuleType:
+    return helpers.load_script("example_arc/prepare_arc_tokens.py")
+
+
+@pytest.fixture(scope="module")
+def eval_arc() -> ModuleType:
+    return helpers.load_script("example_arc/eval_arc.py")

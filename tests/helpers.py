@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"  # present on the project's machines and CI, absent in a user's clone
@@ -29,10 +31,29 @@ def build_tiny_qwen3(folder: Path, vocab_size: int = 151936, hidden: int = 64, l
     return folder
 
 
-def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python <script> args`` from the repository root; capture text output."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false", "PYTHONIOENCODING": "utf-8",
+}
+
+
+def run_script(script: str, *args, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python <script> args`` from the repository root, offline; capture text output (3-5 s of imports)."""
     return subprocess.run(
         [sys.executable, str(REPO / script), *map(str, args)],
-        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, env={**os.environ, **OFFLINE_ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )
+
+
+_SCRIPTS: dict[str, ModuleType] = {}
+
+
+def load_script(script: str) -> ModuleType:
+    """Import a standalone script (not a package module) by path, once, to call its ``main(argv)`` in-process."""
+    if script not in _SCRIPTS:
+        path = REPO / script
+        spec = importlib.util.spec_from_file_location("script_" + path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[script] = module
+    return _SCRIPTS[script]

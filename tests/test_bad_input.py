@@ -7,7 +7,6 @@ costs seconds of imports. One real subprocess of cli/train_sft.py proves the exi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -17,8 +16,14 @@ from types import ModuleType
 
 import pytest
 import torch
+from helpers import (
+    SAMPLE,
+    SAMPLE_TOKENIZER,
+    build_tiny_qwen3,
+    load_script,
+    run_script,
+)
 
-from helpers import REPO, SAMPLE, SAMPLE_TOKENIZER, build_tiny_qwen3, run_script
 from slamkit.errors import EXIT_BAD_INPUT, run_main
 
 SPLITS = ("train", "validation", "test")
@@ -27,28 +32,12 @@ SPLITS = ("train", "validation", "test")
 # ---------------------------------------------------------------- harness
 
 
-def load_script(relative: str) -> ModuleType:
-    """Import a standalone script by path (it is not a package module) to call its ``main`` in-process."""
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location(f"bad_input_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-@pytest.fixture(scope="module")
-def step1() -> ModuleType:
-    return load_script("example_arc/prepare_arc_data.py")
 
 
-@pytest.fixture(scope="module")
-def step2() -> ModuleType:
-    return load_script("example_arc/prepare_arc_tokens.py")
 
 
-@pytest.fixture(scope="module")
-def eval_arc() -> ModuleType:
-    return load_script("example_arc/eval_arc.py")
 
 
 @pytest.fixture(scope="module")

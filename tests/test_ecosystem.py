@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from helpers import REPO, SAMPLE_TOKENIZER, build_tiny_qwen3
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from helpers import REPO, SAMPLE_TOKENIZER, build_tiny_qwen3
 from slamkit.training import DataSettings, ModelSettings, train
 
 CHALLENGE = REPO / "tests" / "data" / "arc_challenge_mini"

@@ -8,14 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SAMPLE, build_tiny_qwen3, run_script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers import SAMPLE, build_tiny_qwen3, run_script
 from slamkit.arc import read_conversations
 from slamkit.chatml import encode_examples, single_token_ids
 from slamkit.cloze import cloze_context, score_cloze
 from slamkit.errors import SlamkitError
-from slamkit.evaluation import questions_from_conversations, score_questions, summary_line, wilson_interval
+from slamkit.evaluation import (
+    questions_from_conversations,
+    score_questions,
+    summary_line,
+    wilson_interval,
+)
 
 
 @pytest.fixture(scope="module")

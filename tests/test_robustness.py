@@ -6,21 +6,19 @@ the bundled Qwen tokenizer), so "identical" means bit-identical.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import socket
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 import yaml
+from helpers import REPO, SAMPLE, SAMPLE_TOKENIZER, build_tiny_qwen3
 from safetensors.torch import load_file
 
 import slamkit.jsonl
-from helpers import REPO, SAMPLE, SAMPLE_TOKENIZER, build_tiny_qwen3
 from slamkit import training
 from slamkit.arc import conversation_from_record, read_conversations
 from slamkit.chatml import IGNORE_INDEX, encode_examples, encode_prompts, render_example
@@ -35,28 +33,12 @@ LETTER_IDS = {"A": 32, "B": 33, "C": 34, "D": 35, "E": 36}
 IM_END = 151645
 
 
-def load_script(relative: str) -> ModuleType:
-    """Import a standalone script by path to call its ``main(argv)`` in-process."""
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location(f"robustness_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-@pytest.fixture(scope="module")
-def step1() -> ModuleType:
-    return load_script("example_arc/prepare_arc_data.py")
 
 
-@pytest.fixture(scope="module")
-def step2() -> ModuleType:
-    return load_script("example_arc/prepare_arc_tokens.py")
 
 
-@pytest.fixture(scope="module")
-def eval_arc() -> ModuleType:
-    return load_script("example_arc/eval_arc.py")
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import REPO, SAMPLE, SAMPLE_TOKENIZER, build_tiny_qwen3, run_script
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers import REPO, SAMPLE, SAMPLE_TOKENIZER, build_tiny_qwen3, run_script
-from slamkit.arc import read_conversations
 from slamkit.chatml import encode_examples
 from slamkit.jsonl import write_jsonl
 from slamkit.model import build_model
-from slamkit.training import DataSettings, ModelSettings, SpeedSettings, train, training_arguments
+from slamkit.training import (
+    DataSettings,
+    ModelSettings,
+    SpeedSettings,
+    train,
+    training_arguments,
+)
 
 CONFIG_DIR = str(REPO / "config")
 
