@@ -11,12 +11,16 @@ can be scored. Exit code 0 only when every question asked for was scored.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from slamkit.arc import read_conversations
 from slamkit.errors import run_main
-from slamkit.evaluation import add_eval_arguments, evaluate_categorical, first_problems, summary_line, write_eval_outputs
+from slamkit.evaluation import (
+    add_eval_arguments,
+    eval_settings,
+    first_problems,
+    run_categorical,
+)
 from slamkit.model import choose_device, choose_dtype, load_causal_lm, load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
@@ -43,18 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tokenizer_name = args.model_path
     tokenizer = load_tokenizer(tokenizer_name)
-    start = time.perf_counter()
-    result = evaluate_categorical(model, tokenizer, records, args.batch_size)
-    seconds = time.perf_counter() - start
-    print(f"{args.model_path} on {args.data_path}: {result.total} questions, {device} {str(dtype)[6:]}, {seconds:.1f} s")
-    print(summary_line(result.correct, result.total, result.skipped))
-    if args.output_dir:
-        settings = {
-            "model": args.model_path, "tokenizer": tokenizer_name, "data_path": args.data_path, "scoring": "categorical",
-            "batch_size": args.batch_size, "max_problems": args.max_problems, "device": str(device), "dtype": str(dtype)[6:],
-        }
-        for path in write_eval_outputs(args.output_dir, result, settings):
-            print(f"wrote {path}")
+    settings = eval_settings(
+        args.model_path, tokenizer_name, args.data_path, "categorical", args.batch_size, args.max_problems, device, dtype
+    )
+    result, lines = run_categorical(model, tokenizer, records, settings, args.output_dir)
+    print("\n".join(lines))
     return 0 if result.skipped == 0 else 1
 
 

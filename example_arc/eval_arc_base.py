@@ -16,7 +16,13 @@ import time
 from slamkit.arc import read_conversations
 from slamkit.cloze import score_cloze
 from slamkit.errors import run_main
-from slamkit.evaluation import add_eval_arguments, evaluate_categorical, first_problems, summary_line, write_eval_outputs
+from slamkit.evaluation import (
+    add_eval_arguments,
+    eval_settings,
+    first_problems,
+    run_categorical,
+    summary_line,
+)
 from slamkit.jsonl import write_json, write_jsonl
 from slamkit.model import choose_device, choose_dtype, load_causal_lm, load_tokenizer
 
@@ -40,20 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     dtype = choose_dtype(args.dtype, device)
     tokenizer = load_tokenizer(args.model_name)
     model = load_causal_lm(args.model_name, dtype).to(device)
-    settings = {
-        "model": args.model_name, "tokenizer": args.model_name, "data_path": args.data_path, "scoring": args.scoring,
-        "batch_size": args.batch_size, "max_problems": args.max_problems, "device": str(device), "dtype": str(dtype)[6:],
-    }
-    start = time.perf_counter()
+    settings = eval_settings(
+        args.model_name, args.model_name, args.data_path, args.scoring, args.batch_size, args.max_problems, device, dtype
+    )
     if args.scoring == "categorical":
-        result = evaluate_categorical(model, tokenizer, records, args.batch_size)
-        print(f"{args.model_name} on {args.data_path}: {result.total} questions, {device} {settings['dtype']}, "
-              f"{time.perf_counter() - start:.1f} s")
-        print(summary_line(result.correct, result.total, result.skipped))
-        if args.output_dir:
-            for path in write_eval_outputs(args.output_dir, result, settings):
-                print(f"wrote {path}")
+        result, lines = run_categorical(model, tokenizer, records, settings, args.output_dir)
+        print("\n".join(lines))
         return 0 if result.skipped == 0 else 1
+    start = time.perf_counter()
     predictions = score_cloze(model, tokenizer, records, args.batch_size)
     total, skipped = len(records), len(records) - len(predictions)
     correct = sum(p.pred == p.gold for p in predictions)

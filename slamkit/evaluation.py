@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from tqdm import tqdm
 from slamkit.chatml import encode_prompts, single_token_ids
 from slamkit.data import TokenRow
 from slamkit.errors import SlamkitError
+from slamkit.jsonl import write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +259,9 @@ def add_eval_arguments(parser) -> None:
 
 def write_eval_outputs(output_dir, result: EvalResult, settings: dict) -> list[str]:
     """Write results.json, predictions.jsonl and confusion_matrix.png (each atomically); return their paths."""
-    from pathlib import Path
-
-    from slamkit.jsonl import write_json, write_jsonl
-    from slamkit.plots import plot_confusion_matrix
+    from slamkit.plots import (
+        plot_confusion_matrix,  # matplotlib: imported only when a plot is drawn
+    )
 
     folder = Path(output_dir)
     lines = prediction_records(result)
@@ -271,3 +273,30 @@ def write_eval_outputs(output_dir, result: EvalResult, settings: dict) -> list[s
         folder / "confusion_matrix.png", title=str(settings.get("model", "")),
     )
     return [str(folder / name) for name in ("results.json", "predictions.jsonl", "confusion_matrix.png")]
+
+
+def eval_settings(
+    model: str, tokenizer: str, data_path: str, scoring: str, batch_size: int, max_problems: int | None,
+    device: torch.device, dtype: torch.dtype,
+) -> dict:
+    """What ``results.json`` records about how the figure was produced."""
+    return {
+        "model": model, "tokenizer": tokenizer, "data_path": data_path, "scoring": scoring, "batch_size": batch_size,
+        "max_problems": max_problems, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def run_categorical(
+    model, tokenizer, records: list[dict], settings: dict, output_dir: str | None
+) -> tuple[EvalResult, list[str]]:
+    """Score ``records`` and write the outputs; return the result and the lines a script prints."""
+    start = time.perf_counter()
+    result = evaluate_categorical(model, tokenizer, records, settings["batch_size"])
+    lines = [
+        f"{settings['model']} on {settings['data_path']}: {result.total} questions, {settings['device']} "
+        f"{settings['dtype']}, {time.perf_counter() - start:.1f} s",
+        summary_line(result.correct, result.total, result.skipped),
+    ]
+    if output_dir:
+        lines += [f"wrote {path}" for path in write_eval_outputs(output_dir, result, settings)]
+    return result, lines

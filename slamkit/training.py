@@ -25,9 +25,20 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from slamkit.data import PackedCollator, PaddedCollator, TokenDataset, load_token_rows
 from slamkit.errors import SlamkitError
-from slamkit.evaluation import Question, accuracy, questions_from_token_rows, score_questions
+from slamkit.evaluation import (
+    Question,
+    accuracy,
+    questions_from_token_rows,
+    score_questions,
+)
 from slamkit.jsonl import atomic_output
-from slamkit.model import build_model, embedding_rows, load_model_config, load_tokenizer, parse_dtype
+from slamkit.model import (
+    build_model,
+    embedding_rows,
+    load_model_config,
+    load_tokenizer,
+    parse_dtype,
+)
 
 log = logging.getLogger(__name__)
 
