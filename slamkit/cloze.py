@@ -69,8 +69,14 @@ def score_cloze(model, tokenizer, records: list[dict], batch_size: int, progress
                 rows.append(row)
                 positions.append(len(context) + offset - 1)  # the logits that predict this token
                 targets.append(token)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False).logits
-        picked = logits[torch.tensor(rows, device=device), torch.tensor(positions, device=device)].float()
+        # The LM head runs only over the trailing positions that hold some row's continuation (not the contexts).
+        first = min(positions)
+        logits = model(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False,
+            logits_to_keep=input_ids.shape[1] - first,
+        ).logits
+        columns = torch.tensor([p - first for p in positions], device=device)
+        picked = logits[torch.tensor(rows, device=device), columns].float()
         token_logprobs = F.log_softmax(picked, dim=-1).gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
         per_row = torch.zeros(len(batch), device=device).index_add_(0, torch.tensor(rows, device=device), token_logprobs)
         for row, value in enumerate(per_row.cpu().tolist()):
