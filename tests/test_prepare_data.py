@@ -151,3 +151,33 @@ def test_missing_split_file_exits_2_naming_it(run_script, sample_dir, tmp_path):
         f"error: {source}: no validation file (expected a .jsonl or .parquet file whose name contains 'validation')"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_parquet_source_gives_the_same_conversations_as_json_lines(step1, sample_dir, tmp_path, capsys):
+    """A --source folder of parquet files (the hub's own storage format) converts to exactly the same output."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet_dir = tmp_path / "parquet"
+    parquet_dir.mkdir()
+    for split in SPLITS:
+        records = read_jsonl(sample_dir / f"ARC-Easy-{split}.jsonl")
+        pq.write_table(pa.Table.from_pylist(records), parquet_dir / f"{split}-00000-of-00001.parquet")
+    assert step1.main(["--source", str(sample_dir), "--output_dir", str(tmp_path / "from_jsonl")]) == 0
+    assert step1.main(["--source", str(parquet_dir), "--output_dir", str(tmp_path / "from_parquet")]) == 0
+    for split in SPLITS:
+        name = f"arc_easy_{split}.jsonl"
+        assert (tmp_path / "from_parquet" / name).read_bytes() == (tmp_path / "from_jsonl" / name).read_bytes()
+
+
+def test_unwritable_output_path_is_a_one_line_error(step1, sample_dir, tmp_path, capsys):
+    """An --output_dir that cannot be created (under a regular file) exits 2 with one line naming the path."""
+    from slamkit.errors import run_main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as caught:
+        run_main(lambda: step1.main(["--source", str(sample_dir), "--output_dir", str(blocker / "out")]))
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {blocker / 'out'}/arc_easy_train.jsonl: cannot write output")
