@@ -15,7 +15,7 @@ import argparse
 from tqdm import tqdm
 
 from slamkit.arc import read_conversations
-from slamkit.chatml import IGNORE_INDEX, chatml_ids, encode_examples, single_token_ids
+from slamkit.chatml import IGNORE_INDEX, chatml_ids, encode_examples, letter_token_ids
 from slamkit.errors import SlamkitError, run_main
 from slamkit.jsonl import write_jsonl
 from slamkit.model import load_tokenizer
@@ -35,24 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def letter_token_ids(records: list[dict], tokenizer) -> dict[str, int]:
-    """The one token id of every letter offered in ``records``; a letter that is not one token names its record."""
-    letter_ids: dict[str, int] = {}
-    for record in records:
-        missing = [x for x in record.get("choice_labels", ()) if x not in letter_ids]
-        if missing:
-            try:
-                letter_ids.update(zip(missing, single_token_ids(tokenizer, missing), strict=True))
-            except SlamkitError as err:
-                raise SlamkitError(f"{record['_where']}: {err}") from None
-    return letter_ids
-
-
 def tokenize(records: list[dict], tokenizer) -> list[dict]:
     """Token rows for ``records`` (batched, with a progress bar)."""
     rows = []
     chatml_ids(tokenizer)  # the checks that need no example run before the progress bar starts
-    letter_ids = letter_token_ids(records, tokenizer)
+    offered = [r for r in records if "choice_labels" in r]
+    letter_ids = letter_token_ids(tokenizer, [r["choice_labels"] for r in offered], [r["_where"] for r in offered])
     with tqdm(total=len(records), desc="tokenizing", unit="ex") as bar:
         for start in range(0, len(records), CHUNK):
             chunk = records[start : start + CHUNK]

@@ -93,6 +93,20 @@ def single_token_ids(tokenizer, texts: Sequence[str], what: str = "choice letter
     return result
 
 
+def letter_token_ids(tokenizer, letter_lists: Sequence[Sequence[str]], names: Sequence[str]) -> dict[str, int]:
+    """The one token id of every letter offered in ``letter_lists``; an error names the record (``names``) that
+    first offers a letter that is not one token."""
+    ids: dict[str, int] = {}
+    for letters, name in zip(letter_lists, names, strict=True):
+        missing = [x for x in letters if x not in ids]
+        if missing:
+            try:
+                ids.update(zip(missing, single_token_ids(tokenizer, missing), strict=True))
+            except SlamkitError as err:
+                raise SlamkitError(f"{name}: {err}") from None
+    return ids
+
+
 def encode_prompts(tokenizer, user_texts: Sequence[str]) -> list[list[int]]:
     """Token ids of ``render_prompt(u)`` for each user text (one batched fast-tokenizer call)."""
     chatml_ids(tokenizer)
@@ -129,7 +143,7 @@ def encode_examples(
         raise ValueError("user_texts and assistant_texts differ in length")
     names = names if names is not None else [f"example {i}" for i in range(len(user_texts))]
     markers = chatml_ids(tokenizer)
-    prompt_ids = encode_prompts(tokenizer, user_texts)
+    prompt_ids = tokenizer([render_prompt(u) for u in user_texts], add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer([render_completion(a) for a in assistant_texts], add_special_tokens=False)["input_ids"]
     examples = []
     for name, user, assistant, prompt, completion in zip(

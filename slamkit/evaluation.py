@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from slamkit.chatml import encode_prompts, single_token_ids
+from slamkit.chatml import encode_prompts, letter_token_ids
 from slamkit.data import TokenRow
 from slamkit.errors import SlamkitError
 from slamkit.jsonl import write_json, write_jsonl
@@ -54,16 +54,10 @@ class Prediction:
 def questions_from_conversations(tokenizer, records: Sequence[dict], names: Sequence[str]) -> list[Question]:
     """Questions from step-1 records (``user_text``, ``assistant_text``, ``choice_labels``), checked."""
     prompts = encode_prompts(tokenizer, [r["user_text"] for r in records])
-    letter_ids: dict[str, int] = {}
+    letter_ids = letter_token_ids(tokenizer, [r["choice_labels"] for r in records], names)
     questions = []
     for record, name, prompt in zip(records, names, prompts, strict=True):
         letters = record["choice_labels"]
-        missing = [x for x in letters if x not in letter_ids]
-        if missing:
-            try:
-                letter_ids.update(zip(missing, single_token_ids(tokenizer, missing), strict=True))
-            except SlamkitError as err:  # name the record that offers the letter
-                raise SlamkitError(f"{name}: {err}") from None
         if len(set(letters)) != len(letters):
             raise SlamkitError(f"{name}: repeated letters in choice_labels {letters}")
         if record["assistant_text"] not in letters:
