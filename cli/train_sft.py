@@ -2,97 +2,104 @@
 
     python cli/train_sft.py data.train_path=example_arc/arc_easy_train_tokens.jsonl \\
         data.val_path=example_arc/arc_easy_validation_tokens.jsonl training_args.output_dir=example_arc/arc_model
-    torchrun --nproc_per_node=2 cli/train_sft.py ...        # or: accelerate launch cli/train_sft.py ...
+    python cli/train_sft.py -m training_args.learning_rate=1e-5,2e-5 ...   # a sweep: one folder per job + a summary
+    torchrun --nproc_per_node=2 cli/train_sft.py ...       # or: accelerate launch --multi_gpu --num_processes 2 ...
+
+The config is checked against the typed schema (slamkit.config.SFTConfig) when Hydra composes it; any error,
+there or later, is one `error:` line and exit code 2.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from slamkit.errors import EXIT_BAD_INPUT, SlamkitError
-from slamkit.training import (
-    REMOVED_TRAINING_ARGS,
-    TRAINING_ARGUMENT_NAMES,
-    DataSettings,
-    ModelSettings,
-    SpeedSettings,
-    train,
-    unknown_training_argument_message,
-)
+from slamkit.config import SFTConfig, unknown_key_message
+from slamkit.errors import EXIT_BAD_INPUT, SlamkitError, print_error, run_main
+from slamkit.run_folder import read_record, write_record
+from slamkit.training import train
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")  # absolute: also when tests import this file
+ConfigStore.instance().store(name="slamkit_schema", node=SFTConfig)  # the first entry of train_sft.yaml's defaults
+PLUGINS = {"submitit": "slurm", "optuna": "sweep"}  # Hydra plugin -> the slamkit extra that installs it
 
 
-def _keys(node, prefix: str = "") -> list[str]:
-    if not isinstance(node, DictConfig):
-        return [prefix]
-    keys = [prefix] if prefix else []
-    for key in node:
-        keys += _keys(node[key], f"{prefix}.{key}" if prefix else str(key))
-    return keys
-
-
-def check_overrides(argv: list[str]) -> str | None:
-    """A one-line message for an override that names no config key (with what to write instead), else None.
-
-    Hydra would also refuse it, but its message suggests appending the misspelt key; this says what to write.
-    """
-    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra.", "hydra/"))]
-    for override in overrides:
-        section, _, name = override.split("=")[0].partition(".")
-        if section == "training_args" and name in REMOVED_TRAINING_ARGS:
-            return unknown_training_argument_message(name)
-    group_names = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}  # model, data, training_args, logger
-    groups = [a for a in overrides if a.split("=")[0] in group_names]
-    try:
-        with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = hydra.compose("train_sft", overrides=groups)
-    except Exception:  # a bad group choice: Hydra's own message names the choices
-        return None
-    known = set(_keys(cfg))
-    for override in overrides:
-        key = override.split("=")[0]
-        if key in group_names or key in known:
-            continue
-        section, _, name = key.partition(".")
-        if section == "training_args" and name in TRAINING_ARGUMENT_NAMES:
-            return f"{key} is a TrainingArguments field not listed in config/training_args: write +{override}"
-        if section == "training_args":
-            return unknown_training_argument_message(name)
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        return f"{key} is not a config key" + (f": did you mean {close[0]}?" if close else "")
-    return None
-
-
-@hydra.main(version_base="1.3", config_path="../config", config_name="train_sft")
-def main(cfg: DictConfig) -> None:
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train_sft")
+def main(cfg: DictConfig) -> float | None:
+    """Train once; return the final validation accuracy (what a Hydra sweeper such as Optuna maximises)."""
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate: user-facing output from rank 0 only
         logging.getLogger("slamkit").setLevel(logging.WARNING)
-    run_config = OmegaConf.to_container(cfg, resolve=True)
+    job = HydraConfig.get()
+    sweep = job.mode == RunMode.MULTIRUN
     try:
-        train(
-            model=ModelSettings(**run_config["model"]),
-            data=DataSettings(**run_config["data"]),
-            training_args=run_config["training_args"],
-            speed=SpeedSettings(**run_config["speed"]),
-            cont_training=run_config["cont_training"],
-            run_config=run_config,
-        )
+        added = added_keys(cfg)
+        if added:  # '+key=value' adds a key that the schema's check at composition could not see
+            raise SlamkitError(unknown_key_message(added[0]))
+        config: SFTConfig = OmegaConf.to_object(cfg)
+        if sweep:  # every job of a sweep gets its own folder: <sweep dir>/<job number>
+            config.training_args.output_dir = job.runtime.output_dir
+        return train(config, command_line=list(job.overrides.task)).eval_accuracy
     except SlamkitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        print_error(err)
+        if not sweep:
+            sys.exit(EXIT_BAD_INPUT)
+        folder = Path(job.runtime.output_dir)
+        if read_record(folder) is None:  # failed before it started: the job's folder still says why
+            write_record(folder, {"status": "failed", "error": str(err), "command_line": list(job.overrides.task)})
+        return float("nan")  # the sweep goes on; its summary lists the failure and the command exits 2
+
+
+def added_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of ``cfg`` that its schema dataclasses do not declare (they can only come from '+key=value')."""
+    schema = OmegaConf.get_type(cfg)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    found = []
+    for key, value in cfg.items_ex(resolve=False):
+        if declared is not None and key not in declared:
+            found.append(f"{prefix}{key}")
+        elif isinstance(value, DictConfig):
+            found += added_keys(value, f"{prefix}{key}.")
+    return found
+
+
+def config_error(err: Exception) -> str:
+    """Hydra's and OmegaConf's composition errors as one line, naming the key (and the key probably meant)."""
+    cause = err.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        named = re.search(r"override '([^']+)'", str(err))
+        return unknown_key_message(named[1] if named else str(cause.full_key))
+    if isinstance(cause, ValidationError):
+        return f"{cause.full_key}: {str(cause).splitlines()[0]}"
+    text = str(err).split("Config search path")[0]
+    existing = re.search(r"An item is already at '([^']+)'", text)
+    if existing:
+        return f"{existing[1]} is already a config key: set it without the + ({existing[1]}=...)"
+    missing = re.search(r"Could not (?:find|load) '(hydra/(?:launcher|sweeper)/[^']+)'", text)
+    for plugin, extra in PLUGINS.items():
+        if missing and plugin in missing[1]:
+            return f"{missing[1]} needs a Hydra plugin that is not installed: pip install -e '.[{extra}]'"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()).replace(":; ", ": ")
+
+
+def cli() -> None:
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        raise SlamkitError(config_error(err)) from None
 
 
 if __name__ == "__main__":
-    problem = check_overrides(sys.argv[1:])
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    main()
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises its errors instead of printing them: one line
+    run_main(cli)

@@ -18,10 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
 from slamkit.errors import SlamkitError, run_main
+from slamkit.model import qwen3_config, save_random_model
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -30,13 +28,7 @@ SAMPLE = HERE / "sample"
 
 def build_base_model(folder: Path, seed: int) -> None:
     """A tiny Qwen3 (hidden 64, 2 layers, real vocabulary) with random weights, saved as a plain HF folder."""
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, vocab_size=151936, max_position_embeddings=1024, tie_word_embeddings=True,
-    )
-    Qwen3ForCausalLM(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(SAMPLE / "qwen_tokenizer").save_pretrained(folder)
+    save_random_model(folder, qwen3_config("tiny"), tokenizer_dir=SAMPLE / "qwen_tokenizer", seed=seed)
 
 
 def run_step(name: str, script: str, *args: str) -> float:

@@ -5,7 +5,7 @@
 
 The tokenizer is the checkpoint's own (saved beside the weights by cli/train_sft.py); only a folder without
 one falls back to --tokenizer, and says so. Any local Hugging Face causal LM folder with a ChatML tokenizer
-can be scored. Exit code 0 only when every question asked for was scored.
+can be scored. Every question asked for is scored, or the run fails with one `error:` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from slamkit.arc import read_conversations
 from slamkit.errors import run_main
 from slamkit.evaluation import (
     add_eval_arguments,
+    check_output_dir,
     eval_settings,
     first_problems,
     run_categorical,
 )
 from slamkit.model import choose_device, choose_dtype, load_causal_lm, load_tokenizer
+from slamkit.run_folder import check_run_finished
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
@@ -36,10 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_output_dir(args.output_dir, args.overwrite)
     records = first_problems(read_conversations(args.data_path, require_choices=True), args.max_problems)
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
     folder = Path(args.model_path)
+    check_run_finished(folder)
     model = load_causal_lm(args.model_path, dtype).to(device)  # first: a missing folder is "no such model folder"
     if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         print(f"note: {folder} has no tokenizer; using --tokenizer {args.tokenizer}")
@@ -50,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = eval_settings(
         args.model_path, tokenizer_name, args.data_path, "categorical", args.batch_size, args.max_problems, device, dtype
     )
-    result, lines = run_categorical(model, tokenizer, records, settings, args.output_dir)
+    _, lines = run_categorical(model, tokenizer, records, settings, args.output_dir)
     print("\n".join(lines))
-    return 0 if result.skipped == 0 else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
         --data_path example_arc/arc_easy_test.jsonl --batch_size 16 --max_problems 100
     python example_arc/eval_arc_base.py --scoring cloze ...   # lm-evaluation-harness style acc / acc_norm
 
-The base model and its own tokenizer, as published: no embedding resize. Exit code 0 only when every
-question asked for was scored.
+The base model and its own tokenizer, as published: no embedding resize. Every question asked for is scored,
+or the run fails with one `error:` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from slamkit.cloze import score_cloze
 from slamkit.errors import run_main
 from slamkit.evaluation import (
     add_eval_arguments,
+    check_output_dir,
     eval_settings,
     first_problems,
     run_categorical,
     summary_line,
+    wilson_interval,
+    write_outputs,
 )
-from slamkit.jsonl import write_json, write_jsonl
 from slamkit.model import choose_device, choose_dtype, load_causal_lm, load_tokenizer
 
 
@@ -32,8 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model_name", default="Qwen/Qwen3-0.6B", help="hub id or local folder")
     parser.add_argument(
         "--scoring", default="categorical", choices=["categorical", "cloze"],
-        help="categorical: letter logits after the ChatML prompt (as eval_arc.py); "
-        "cloze: log-likelihood of each choice's text after 'Question: ...\\nAnswer:' (acc and acc_norm)",
+        help="categorical: letter logits after the ChatML prompt (as eval_arc.py); cloze: log-likelihood of each "
+        "choice's text after 'Question: ...\\nAnswer:', acc and acc_norm as lm-evaluation-harness's arc_easy",
     )
     add_eval_arguments(parser)
     return parser.parse_args(argv)
@@ -41,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_output_dir(args.output_dir, args.overwrite)
     records = first_problems(read_conversations(args.data_path, require_choices=True), args.max_problems)
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
@@ -50,30 +53,32 @@ def main(argv: list[str] | None = None) -> int:
         args.model_name, args.model_name, args.data_path, args.scoring, args.batch_size, args.max_problems, device, dtype
     )
     if args.scoring == "categorical":
-        result, lines = run_categorical(model, tokenizer, records, settings, args.output_dir)
+        _, lines = run_categorical(model, tokenizer, records, settings, args.output_dir)
         print("\n".join(lines))
-        return 0 if result.skipped == 0 else 1
+        return 0
     start = time.perf_counter()
     predictions = score_cloze(model, tokenizer, records, args.batch_size)
-    total, skipped = len(records), len(records) - len(predictions)
+    total = len(records)
     correct = sum(p.pred == p.gold for p in predictions)
     correct_norm = sum(p.pred_norm == p.gold for p in predictions)
     print(f"{args.model_name} on {args.data_path}: {total} questions (cloze), {device} {settings['dtype']}, "
           f"{time.perf_counter() - start:.1f} s")
-    print(summary_line(correct, total, skipped, label="acc"))
-    print(summary_line(correct_norm, total, skipped, label="acc_norm"))
+    print(summary_line(correct, total, label="acc"))
+    print(summary_line(correct_norm, total, label="acc_norm"))
     if args.output_dir:
-        write_json(f"{args.output_dir}/results.json", {
+        results = {
             "accuracy": correct / total, "accuracy_norm": correct_norm / total, "correct": correct,
-            "correct_norm": correct_norm, "total": total, "skipped": skipped, **settings,
-        })
-        write_jsonl(f"{args.output_dir}/predictions.jsonl", (
+            "correct_norm": correct_norm, "total": total, "skipped": 0, "ci95": list(wilson_interval(correct, total)),
+            "ci95_norm": list(wilson_interval(correct_norm, total)), **settings,
+        }
+        lines = [
             {"id": p.id, "gold": r["choice_labels"][p.gold], "pred": r["choice_labels"][p.pred],
-             "pred_norm": r["choice_labels"][p.pred_norm], "loglik": dict(zip(r["choice_labels"], p.loglik))}
+             "pred_norm": r["choice_labels"][p.pred_norm], "loglik": dict(zip(r["choice_labels"], p.loglik, strict=True))}
             for p, r in zip(predictions, records, strict=True)
-        ))
-        print(f"wrote {args.output_dir}/results.json and predictions.jsonl")
-    return 0 if skipped == 0 else 1
+        ]
+        for path in write_outputs(args.output_dir, results, lines, confusion=None):
+            print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

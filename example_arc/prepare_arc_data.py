@@ -5,45 +5,56 @@
     python example_arc/prepare_arc_data.py --subset ARC-Challenge
 
 Numeric labels ("1".."5") become letters; 3- and 5-choice questions are kept. Every record is checked before
-any file is written, and each file appears only when complete.
+any file is written, and the three files appear together, only when all are complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from slamkit.arc import SPLITS, Conversation, conversation_from_record
 from slamkit.errors import SlamkitError, run_main
-from slamkit.jsonl import read_jsonl, write_jsonl
+from slamkit.jsonl import output_set, read_jsonl, write_jsonl_lines
 
 HUB_DATASET = "allenai/ai2_arc"
+SUBSETS = ("ARC-Easy", "ARC-Challenge")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subset", default="ARC-Easy", choices=["ARC-Easy", "ARC-Challenge"])
+    parser.add_argument("--subset", default="ARC-Easy", choices=SUBSETS)
     parser.add_argument(
         "--source",
         default=None,
-        help="folder with one file per split (name contains train/validation/test; JSON lines or parquet) "
+        help="folder with one file per split (train/validation/test a word of its name; JSON lines or parquet) "
         f"in the hub's record layout; default: download {HUB_DATASET} from the hub",
     )
     parser.add_argument("--output_dir", default="example_arc", help="where arc_<subset>_<split>.jsonl go")
     return parser.parse_args(argv)
 
 
+def name_parts(path: Path) -> list[str]:
+    """The words of a file name, lower case: ``ARC-Easy-test.jsonl`` -> ``['arc', 'easy', 'test', 'jsonl']``."""
+    return [part for part in re.split(r"[-_.\s]+", path.name.lower()) if part]
+
+
 def local_split_file(source: Path, split: str, subset: str) -> Path:
-    """The one file in ``source`` for ``split`` (its name contains the split; the subset breaks ties)."""
+    """The one file in ``source`` for ``split``: a name part equal to the split (``ARC-Easy-test.jsonl``,
+    ``test-00000-of-00001.parquet``, ``test.jsonl``; not ``contest_entries.jsonl``), and not naming the other
+    subset (``ARC-Challenge-test.jsonl`` is not ARC-Easy's). Two candidates are an error listing both."""
     if not source.is_dir():
         raise SlamkitError(f"{source}: --source is not a folder")
     files = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(LOCAL_SUFFIXES))
-    matches = [p for p in files if split in p.name.lower()]
-    if len(matches) > 1:
-        matches = [p for p in matches if subset.lower() in p.name.lower()]
+    others = [name.lower().split("-")[1] for name in SUBSETS if name != subset]  # e.g. "challenge" for ARC-Easy
+    matches = [p for p in files if split in name_parts(p) and not any(o in name_parts(p) for o in others)]
     if not matches:
-        raise SlamkitError(f"{source}: no {split} file (expected a .jsonl or .parquet file whose name contains '{split}')")
+        raise SlamkitError(
+            f"{source}: no {split} file (expected a .jsonl or .parquet file with '{split}' as a word of its name, "
+            f"e.g. {subset}-{split}.jsonl)"
+        )
     if len(matches) > 1:
         raise SlamkitError(f"{source}: several files for split {split}: {', '.join(p.name for p in matches)}")
     return matches[0]
@@ -108,14 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     splits = {split: convert(records) for split, records in sources.items()}  # check everything first
     prefix = args.subset.lower().replace("-", "_")
     print(f"{args.subset} from {origin}")
+    outputs_written = {split: Path(args.output_dir) / f"{prefix}_{split}.jsonl" for split in splits}
+    with output_set() as outputs:  # all splits or none: never a test file of one run beside another's train file
+        for split, conversations in splits.items():
+            with outputs.open(outputs_written[split]) as handle:
+                write_jsonl_lines(handle, (c.to_record() for c in conversations))
     for split, conversations in splits.items():
-        out = Path(args.output_dir) / f"{prefix}_{split}.jsonl"
-        write_jsonl(out, (c.to_record() for c in conversations))
         relabelled = sum(c.relabelled for c in conversations)
         not_four = sum(len(c.choice_labels) != 4 for c in conversations)
         print(
             f"  {split:<10} {len(conversations):>6,} questions  "
-            f"({relabelled} relabelled from numeric labels, {not_four} with other than 4 choices, 0 dropped) -> {out}"
+            f"({relabelled} relabelled from numeric labels, {not_four} with other than 4 choices, 0 dropped) "
+            f"-> {outputs_written[split]}"
         )
     return 0
 

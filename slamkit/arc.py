@@ -91,6 +91,8 @@ def conversation_from_record(record: dict[str, Any], where: str) -> Conversation
         raise SlamkitError(f"{where}: choices.text and choices.label must be lists of equal length")
     if not texts:
         raise SlamkitError(f"{where}: empty choices")
+    if len(texts) < 2:
+        raise SlamkitError(f"{where}: only one choice ({texts[0]!r}); a multiple-choice question needs at least two")
     if not isinstance(record["question"], str) or not record["question"].strip():
         raise SlamkitError(f"{where}: empty question")
     if any(not isinstance(t, str) for t in texts):
@@ -132,8 +134,12 @@ def read_conversations(path: str | Path, require_choices: bool = False) -> list[
         if labels is None and require_choices:
             raise SlamkitError(f"{where}: missing field 'choice_labels' (the letters offered, from prepare_arc_data.py)")
         if labels is not None:
-            if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-                raise SlamkitError(f"{where}: 'choice_labels' must be a non-empty list of strings")
+            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+                raise SlamkitError(f"{where}: 'choice_labels' must be a list of strings")
+            if len(labels) < 2:
+                raise SlamkitError(f"{where}: choice_labels {labels} offers fewer than two letters")
+            if len(set(labels)) != len(labels):
+                raise SlamkitError(f"{where}: repeated letters in choice_labels {labels}")
             if record["assistant_text"] not in labels:
                 raise SlamkitError(f"{where}: answer {record['assistant_text']!r} is not among choice_labels {labels}")
         records.append({**record, "_where": where})

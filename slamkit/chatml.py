@@ -107,11 +107,24 @@ def letter_token_ids(tokenizer, letter_lists: Sequence[Sequence[str]], names: Se
     return ids
 
 
+def _encode_text(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Ids of each text with its special-token strings kept as plain text (``split_special_tokens``)."""
+    return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def encode_prompts(tokenizer, user_texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of ``render_prompt(u)`` for each user text (one batched fast-tokenizer call)."""
-    chatml_ids(tokenizer)
-    prompts = [render_prompt(u) for u in user_texts]
-    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    """Token ids of ``render_prompt(u)`` for each user text (batched).
+
+    The markers are the tokenizer's own ids; the text between them is encoded as text, so a user text that
+    contains ``<|im_end|>`` or ``<|im_start|>`` stays those characters and can never forge a turn. Special
+    tokens split a string into pieces that are tokenized independently, so for ordinary text these are
+    exactly the ids of encoding the whole rendered string at once.
+    """
+    markers = chatml_ids(tokenizer)
+    users = _encode_text(tokenizer, [f"user\n{u}" for u in user_texts])
+    newline, header = _encode_text(tokenizer, ["\n", "assistant\n"])
+    tail = [markers.im_end, *newline, markers.im_start, *header]
+    return [[markers.im_start, *user, *tail] for user in users]
 
 
 @dataclass(frozen=True)
@@ -132,26 +145,31 @@ def encode_examples(
 ) -> list[EncodedExample]:
     """Encode prompt + completion pairs with the label mask; batched.
 
-    Invariants checked here for every example (an exception names the example otherwise):
-    decoding ``input_ids`` reproduces ``render_example`` exactly, and the supervised ids end with ``<|im_end|>``.
+    Invariants checked here for every example (an exception names the example otherwise): decoding
+    ``input_ids`` reproduces ``render_example`` exactly, and the supervised ids end with ``<|im_end|>``. The
+    texts are encoded as text (see :func:`encode_prompts`). With the Qwen tokenizer bundled in the repository:
 
-    >>> # with the Qwen tokenizer, user_text "Hi", assistant_text "B":
-    >>> # input_ids = [151644, 872, 198, 13048, 151645, 198, 151644, 77091, 198, 33, 151645]
-    >>> # labels    = [-100,  -100, -100, -100, -100,  -100, -100,  -100, -100, 33, 151645]
+    >>> from transformers import AutoTokenizer
+    >>> qwen = AutoTokenizer.from_pretrained("example_arc/sample/qwen_tokenizer")
+    >>> example = encode_examples(qwen, ["Hi"], ["B"])[0]
+    >>> example.input_ids
+    [151644, 872, 198, 13048, 151645, 198, 151644, 77091, 198, 33, 151645]
+    >>> example.labels
+    [-100, -100, -100, -100, -100, -100, -100, -100, -100, 33, 151645]
     """
     if len(user_texts) != len(assistant_texts):
         raise ValueError("user_texts and assistant_texts differ in length")
     names = names if names is not None else [f"example {i}" for i in range(len(user_texts))]
     markers = chatml_ids(tokenizer)
-    prompt_ids = tokenizer([render_prompt(u) for u in user_texts], add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer([render_completion(a) for a in assistant_texts], add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompts(tokenizer, user_texts)
+    completion_ids = [answer + [markers.im_end] for answer in _encode_text(tokenizer, assistant_texts)]
     examples = []
     for name, user, assistant, prompt, completion in zip(
         names, user_texts, assistant_texts, prompt_ids, completion_ids, strict=True
     ):
-        if len(completion) < 2 or completion[-1] != markers.im_end:
+        if len(completion) < 2:
             raise SlamkitError(f"{name}: assistant_text {assistant!r} does not encode to answer tokens + <|im_end|>")
-        input_ids = list(prompt) + list(completion)
+        input_ids = prompt + completion
         decoded = tokenizer.decode(input_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if decoded != render_example(user, assistant):
             raise SlamkitError(

@@ -1,26 +1,45 @@
-"""Cloze scoring of base models, as lm-evaluation-harness scores ARC.
+"""Cloze scoring of base models, defined as lm-evaluation-harness defines its ``arc_easy`` task.
 
-For each choice, the log-likelihood of ``" {choice text}"`` after ``"Question: {question}\\nAnswer:"``;
-``acc`` takes the most likely choice, ``acc_norm`` divides each log-likelihood by the choice's length in
-characters first. No chat template and no letters: this is how pretrained (not instruction-tuned) models
-are usually compared on ARC, and it complements the categorical (letter) scoring of the trained model.
+For each choice, the log-likelihood of the continuation ``" {choice text}"`` after the context
+``"Question: {question}\\nAnswer:"``. As the harness does it:
+
+- the pair is encoded as a whole (``context + continuation`` in one tokenizer call, no special tokens) and the
+  continuation is what follows the context's own encoding; trailing spaces of a context would move to the
+  continuation first (ARC's contexts have none);
+- ``acc`` takes the choice with the largest log-likelihood; ``acc_norm`` divides each log-likelihood by the
+  length in characters of the choice text, without the space that joins it to the context;
+- ties go to the first choice (``argmax``).
+
+No chat template and no letters: this is how pretrained (not instruction-tuned) models are usually compared on
+ARC, and it complements the categorical (letter) scoring of the trained model.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from slamkit.data import right_pad
 from slamkit.errors import SlamkitError
 
 PAD_ID = 0  # right padding, masked: never read
+TARGET_DELIMITER = " "  # what joins the context and a choice (the harness's target_delimiter)
 
 
 def cloze_context(question: str) -> str:
     return f"Question: {question}\nAnswer:"
+
+
+def normalised(loglik: float, length: int) -> float:
+    """``loglik / length`` with numpy's conventions for a zero length (as the harness computes it)."""
+    if length:
+        return loglik / length
+    return math.copysign(math.inf, loglik) if loglik else math.nan
 
 
 @dataclass(frozen=True)
@@ -28,15 +47,35 @@ class ClozePrediction:
     id: str
     gold: int
     loglik: list[float]  # one per choice
-    lengths: list[int]  # characters of each continuation
+    lengths: list[int]  # characters of each choice text (the delimiter space not counted)
 
     @property
     def pred(self) -> int:
-        return max(range(len(self.loglik)), key=lambda i: self.loglik[i])
+        return _argmax(self.loglik)
 
     @property
     def pred_norm(self) -> int:
-        return max(range(len(self.loglik)), key=lambda i: self.loglik[i] / self.lengths[i])
+        return _argmax([normalised(value, length) for value, length in zip(self.loglik, self.lengths, strict=True)])
+
+
+def _argmax(values: Sequence[float]) -> int:
+    """The index of the largest value; the first one on a tie (numpy's argmax)."""
+    best = 0
+    for index, value in enumerate(values):
+        if value > values[best]:
+            best = index
+    return best
+
+
+def encode_pairs(tokenizer, contexts: Sequence[str], continuations: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """``(context ids, continuation ids)`` per pair, split as lm-evaluation-harness splits them (batched)."""
+    moved = []
+    for context, continuation in zip(contexts, continuations, strict=True):
+        spaces = len(context) - len(context.rstrip())
+        moved.append((context[: len(context) - spaces], context[len(context) - spaces :] + continuation))
+    wholes = tokenizer([c + x for c, x in moved], add_special_tokens=False)["input_ids"]
+    heads = tokenizer([c for c, _ in moved], add_special_tokens=False)["input_ids"]
+    return [(head, whole[len(head) :]) for head, whole in zip(heads, wholes, strict=True)]
 
 
 @torch.no_grad()
@@ -46,25 +85,26 @@ def score_cloze(model, tokenizer, records: list[dict], batch_size: int, progress
         for key in ("question", "choice_texts", "choice_labels"):
             if key not in record:
                 raise SlamkitError(f"{record['_where']}: missing field {key!r} (re-run prepare_arc_data.py)")
-    pairs = []  # (record index, context ids, continuation ids)
-    contexts = tokenizer([cloze_context(r["question"]) for r in records], add_special_tokens=False)["input_ids"]
-    for index, (record, context) in enumerate(zip(records, contexts, strict=True)):
-        continuations = tokenizer([f" {t}" for t in record["choice_texts"]], add_special_tokens=False)["input_ids"]
-        pairs += [(index, context, continuation) for continuation in continuations]
+    owners = [index for index, record in enumerate(records) for _ in record["choice_texts"]]
+    pairs = encode_pairs(
+        tokenizer,
+        [cloze_context(records[index]["question"]) for index in owners],
+        [TARGET_DELIMITER + text for record in records for text in record["choice_texts"]],
+    )
+    for (context, continuation), index in zip(pairs, owners, strict=True):
+        if not context or not continuation:
+            raise SlamkitError(f"{records[index]['_where']}: a choice encodes to no tokens after the context")
     device = next(model.parameters()).device
     model.eval()
     scores: list[float] = [0.0] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][1]) + len(pairs[i][2]))
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     for start in tqdm(range(0, len(order), batch_size), desc="cloze", unit="batch", disable=not progress):
         batch = [pairs[i] for i in order[start : start + batch_size]]
-        lengths = [len(c) + len(x) for _, c, x in batch]
-        input_ids = torch.full((len(batch), max(lengths)), PAD_ID, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
+        sequences = [context + continuation for context, continuation in batch]
+        input_ids = right_pad(sequences, PAD_ID)
+        attention_mask = right_pad([[1] * len(ids) for ids in sequences], 0)
         rows, positions, targets = [], [], []
-        for row, (_, context, continuation) in enumerate(batch):
-            ids = context + continuation
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
+        for row, (context, continuation) in enumerate(batch):
             for offset, token in enumerate(continuation):
                 rows.append(row)
                 positions.append(len(context) + offset - 1)  # the logits that predict this token
@@ -80,6 +120,11 @@ def score_cloze(model, tokenizer, records: list[dict], batch_size: int, progress
         token_logprobs = F.log_softmax(picked, dim=-1).gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
         per_row = torch.zeros(len(batch), device=device).index_add_(0, torch.tensor(rows, device=device), token_logprobs)
         for row, value in enumerate(per_row.cpu().tolist()):
+            if not math.isfinite(value):
+                raise SlamkitError(
+                    f"{records[owners[order[start + row]]]['_where']}: a choice's log-likelihood is not finite (nan "
+                    "or inf), so no accuracy is reported; the model's weights are damaged"
+                )
             scores[order[start + row]] = value
     results, cursor = [], 0
     for record in records:
@@ -89,7 +134,7 @@ def score_cloze(model, tokenizer, records: list[dict], batch_size: int, progress
                 id=str(record.get("id", record["_where"])),
                 gold=record["choice_labels"].index(record["assistant_text"]),
                 loglik=scores[cursor : cursor + count],
-                lengths=[len(f" {t}") for t in record["choice_texts"]],
+                lengths=[len(text) for text in record["choice_texts"]],
             )
         )
         cursor += count

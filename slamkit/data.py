@@ -1,4 +1,4 @@
-"""Step-2 token rows for training: loading, checking, and the two collators (packed and padded).
+"""Step-2 token rows for training: loading, checking, and the collator (packed or padded).
 
 A token row is ``{"input_ids": [...], "labels": [...], "attention_mask": [...]}`` (``id`` and ``choice_ids``
 optional), as written by ``example_arc/prepare_arc_tokens.py``. ``labels[i]`` is the id to predict at
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
+from transformers import DataCollatorWithFlattening
 
 from slamkit.chatml import IGNORE_INDEX
 from slamkit.errors import SlamkitError
@@ -80,11 +82,22 @@ def check_token_row(record: dict, where: str, max_length: int | None = None, voc
             f"{where}: {len(input_ids)} tokens, longer than the model's context of {max_length} "
             "(drop long examples with prepare_arc_tokens.py --max_length)"
         )
+    if min(input_ids) < 0:
+        raise SlamkitError(f"{where}: negative token id {min(input_ids)} in input_ids")
     if vocab_rows is not None and max(input_ids) >= vocab_rows:
-        raise SlamkitError(f"{where}: token id {max(input_ids)} is outside the model's {vocab_rows}-row embedding table")
+        raise SlamkitError(
+            f"{where}: token id {max(input_ids)} is outside the model's {vocab_rows:,}-row embedding table: these rows "
+            "were made with another model's tokenizer; re-run prepare_arc_tokens.py with --tokenizer set to this model"
+        )
     choice_ids = record.get("choice_ids")
     if choice_ids is not None:
         choice_ids = _int_list(choice_ids, where, "choice_ids")
+        if len(choice_ids) < 2 or len(set(choice_ids)) != len(choice_ids):
+            raise SlamkitError(f"{where}: choice_ids {choice_ids} must be at least two different token ids")
+        if min(choice_ids) < 0:
+            raise SlamkitError(f"{where}: negative token id in choice_ids {choice_ids}")
+        if vocab_rows is not None and max(choice_ids) >= vocab_rows:
+            raise SlamkitError(f"{where}: choice_ids {choice_ids} reach beyond the model's {vocab_rows:,}-row embedding table")
         first = labels.index(next(label for label in labels if label != IGNORE_INDEX))
         if input_ids[first] not in choice_ids:
             raise SlamkitError(f"{where}: the answer token {input_ids[first]} is not among choice_ids {choice_ids}")
@@ -108,74 +121,77 @@ def load_token_rows(
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """Token rows as a map-style dataset of ``{"input_ids", "labels"}`` lists."""
+    """Token rows as a map-style dataset of ``{"input_ids", "labels"}`` lists, plus ``choice_ids`` when asked
+    (validation accuracy needs them; training does not)."""
 
-    def __init__(self, rows: Sequence[TokenRow]):
+    def __init__(self, rows: Sequence[TokenRow], with_choice_ids: bool = False):
         self.rows = list(rows)
+        self.with_choice_ids = with_choice_ids
+        if with_choice_ids and any(row.choice_ids is None for row in self.rows):
+            raise ValueError("with_choice_ids=True needs choice_ids on every row")
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
         row = self.rows[index]
-        return {"input_ids": row.input_ids, "labels": row.labels}
+        item = {"input_ids": row.input_ids, "labels": row.labels}
+        if self.with_choice_ids:
+            item["choice_ids"] = row.choice_ids
+        return item
 
 
-class PackedCollator:
-    """Concatenate a micro-batch into one padding-free row, and say where the loss is read.
+def right_pad(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """``[len(sequences), longest]`` int64 tensor, each sequence left-aligned and padded with ``value``.
 
-    ``position_ids`` restart at 0 for every sequence, which (with no attention mask and no cache) keeps
-    the sequences from attending to each other in transformers' sdpa/eager/flex attention. The LM head is
-    then computed only at ``logits_positions``: the positions whose next token is supervised.
+    >>> right_pad([[5, 6, 7], [8]], value=0)
+    tensor([[5, 6, 7],
+            [8, 0, 0]])
+    """
+    return pad_sequence([torch.tensor(s, dtype=torch.long) for s in sequences], batch_first=True, padding_value=value)
 
-    >>> PackedCollator()([{"input_ids": [5, 6, 7], "labels": [-100, -100, 7]},
-    ...                   {"input_ids": [8, 9, 10, 11], "labels": [-100, -100, 10, 11]}])
-    {'input_ids': tensor([[ 5,  6,  7,  8,  9, 10, 11]]), 'position_ids': tensor([[0, 1, 2, 0, 1, 2, 3]]), \
-'labels': tensor([[-100, -100,    7, -100, -100,   10,   11]]), 'logits_positions': tensor([1, 4, 5]), \
-'targets': tensor([ 7, 10, 11])}
 
-    ``labels`` (unshifted, as the Trainer expects) is kept so the Trainer counts the supervised tokens of an
-    accumulated step; the loss itself uses ``logits_positions`` and ``targets``.
+class SFTCollator:
+    """Collate token rows for the Trainer, packed or padded; rows' ``choice_ids`` travel along, padded with -1.
+
+    Packed (the default, ``speed.packing``): transformers' ``DataCollatorWithFlattening`` concatenates the
+    micro-batch into one padding-free row whose ``position_ids`` restart at 0 for every sequence, which (with no
+    attention mask and no cache) keeps the sequences from attending to each other; it marks each sequence's
+    first label -100 (slamkit's rows never supervise it anyway). The loss then reads the supervised positions
+    from ``labels``:
+
+    >>> rows = [{"input_ids": [5, 6, 7], "labels": [-100, -100, 7], "choice_ids": [7, 9]},
+    ...         {"input_ids": [8, 9, 10, 11], "labels": [-100, -100, 10, 11], "choice_ids": [10, 12, 13]}]
+    >>> batch = SFTCollator(packing=True)(rows)
+    >>> {key: value.tolist() for key, value in batch.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'input_ids': [[5, 6, 7, 8, 9, 10, 11]], 'labels': [[-100, -100, 7, -100, -100, 10, 11]],
+     'position_ids': [[0, 1, 2, 0, 1, 2, 3]], 'choice_ids': [[7, 9, -1], [10, 12, 13]]}
+
+    Padded (the straightforward path): right padding with ``pad_id``, attention mask 0 and label -100 on pads:
+
+    >>> batch = SFTCollator(packing=False, pad_id=0)(rows)
+    >>> {key: value.tolist() for key, value in batch.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'input_ids': [[5, 6, 7, 0], [8, 9, 10, 11]], 'attention_mask': [[1, 1, 1, 0], [1, 1, 1, 1]],
+     'labels': [[-100, -100, 7, -100], [-100, -100, 10, 11]], 'choice_ids': [[7, 9, -1], [10, 12, 13]]}
     """
 
-    def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        input_ids: list[int] = []
-        position_ids: list[int] = []
-        labels: list[int] = []
-        for feature in features:
-            input_ids += feature["input_ids"]
-            position_ids += range(len(feature["input_ids"]))
-            labels += feature["labels"]
-        positions = [t for t in range(len(labels) - 1) if labels[t + 1] != IGNORE_INDEX]
-        return {
-            "input_ids": torch.tensor([input_ids]),
-            "position_ids": torch.tensor([position_ids]),
-            "labels": torch.tensor([labels]),
-            "logits_positions": torch.tensor(positions),
-            "targets": torch.tensor([labels[t + 1] for t in positions]),
-        }
-
-
-class PaddedCollator:
-    """The straightforward path: right-pad to the longest row, labels -100 and attention_mask 0 on pads.
-
-    >>> PaddedCollator(pad_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, -100, 7]},
-    ...                           {"input_ids": [8, 9], "labels": [-100, 9]}])
-    {'input_ids': tensor([[5, 6, 7],
-            [8, 9, 0]]), 'attention_mask': tensor([[1, 1, 1],
-            [1, 1, 0]]), 'labels': tensor([[-100, -100,    7],
-            [-100,    9, -100]])}
-    """
-
-    def __init__(self, pad_id: int):
+    def __init__(self, packing: bool = True, pad_id: int = 0):
+        self.packing = packing
         self.pad_id = pad_id
+        self.flatten = DataCollatorWithFlattening(return_tensors="pt")
 
     def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        ids, mask, labels = [], [], []
-        for feature in features:
-            pad = width - len(feature["input_ids"])
-            ids.append(feature["input_ids"] + [self.pad_id] * pad)
-            mask.append([1] * len(feature["input_ids"]) + [0] * pad)
-            labels.append(feature["labels"] + [IGNORE_INDEX] * pad)
-        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
+        rows = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
+        if self.packing:
+            batch = dict(self.flatten(rows))
+        else:
+            batch = {
+                "input_ids": right_pad([r["input_ids"] for r in rows], self.pad_id),
+                "attention_mask": right_pad([[1] * len(r["input_ids"]) for r in rows], 0),
+                "labels": right_pad([r["labels"] for r in rows], IGNORE_INDEX),
+            }
+        if "choice_ids" in features[0]:
+            batch["choice_ids"] = right_pad([f["choice_ids"] for f in features], -1)
+        return batch
+
+

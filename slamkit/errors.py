@@ -20,6 +20,15 @@ def run_main(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except SlamkitError as err:
-        sys.stderr.write(f"error: {err}\n")
+        print_error(err)
         sys.exit(EXIT_BAD_INPUT)
     sys.exit(code or 0)
+
+
+def print_error(err: SlamkitError) -> None:
+    """``error: <message>`` on stderr, on a line of its own."""
+    from tqdm import tqdm
+
+    if getattr(tqdm, "_instances", None):  # a progress bar left mid-line: the step stopped inside a loop
+        sys.stderr.write("\n")
+    sys.stderr.write(f"error: {err}\n")

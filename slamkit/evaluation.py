@@ -1,8 +1,10 @@
 """Categorical evaluation: the logits of the offered letters at the last prompt position, batched.
 
-Both ``example_arc/eval_arc_base.py`` and ``eval_arc.py``, and the validation accuracy reported during
-training, go through :func:`score_questions`. Prompts come from the one ChatML renderer, so they are exactly
-the prefix of the training ids. Every question is scored or the run fails: nothing is skipped silently.
+Both ``example_arc/eval_arc_base.py`` and ``eval_arc.py`` go through :func:`score_questions`; the validation
+accuracy reported during training reads the same position in the training forward pass
+(:func:`slamkit.training.answer_predictions`). Prompts come from the one ChatML renderer, so they are exactly
+the prefix of the training ids. Every question is scored or the run fails: nothing is skipped, and no accuracy
+is reported from logits that are not finite.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from slamkit.chatml import encode_prompts, letter_token_ids
-from slamkit.data import TokenRow
+from slamkit.data import right_pad
 from slamkit.errors import SlamkitError
-from slamkit.jsonl import write_json, write_jsonl
+from slamkit.jsonl import output_set, write_json_document, write_jsonl_lines
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +54,13 @@ class Prediction:
 
 
 def questions_from_conversations(tokenizer, records: Sequence[dict], names: Sequence[str]) -> list[Question]:
-    """Questions from step-1 records (``user_text``, ``assistant_text``, ``choice_labels``), checked."""
+    """Questions from step-1 records (``user_text``, ``assistant_text``, ``choice_labels``); a letter that is not
+    one token is an error naming its record (``names``)."""
     prompts = encode_prompts(tokenizer, [r["user_text"] for r in records])
     letter_ids = letter_token_ids(tokenizer, [r["choice_labels"] for r in records], names)
     questions = []
-    for record, name, prompt in zip(records, names, prompts, strict=True):
+    for record, name, prompt in zip(records, names, prompts, strict=True):  # checked by arc.read_conversations
         letters = record["choice_labels"]
-        if len(set(letters)) != len(letters):
-            raise SlamkitError(f"{name}: repeated letters in choice_labels {letters}")
-        if record["assistant_text"] not in letters:
-            raise SlamkitError(f"{name}: answer {record['assistant_text']!r} is not among choice_labels {letters}")
         questions.append(
             Question(
                 id=str(record.get("id", name)),
@@ -69,24 +68,6 @@ def questions_from_conversations(tokenizer, records: Sequence[dict], names: Sequ
                 choice_ids=[letter_ids[x] for x in letters],
                 gold=letters.index(record["assistant_text"]),
                 letters=list(letters),
-            )
-        )
-    return questions
-
-
-def questions_from_token_rows(rows: Sequence[TokenRow]) -> list[Question]:
-    """Questions from step-2 rows that carry ``choice_ids``: the prompt is everything before the first label."""
-    questions = []
-    for index, row in enumerate(rows):
-        if row.choice_ids is None:
-            raise ValueError(f"row {index} has no choice_ids")
-        cut = row.prompt_length
-        questions.append(
-            Question(
-                id=row.id or f"row {index}",
-                prompt_ids=row.input_ids[:cut],
-                choice_ids=list(row.choice_ids),
-                gold=row.choice_ids.index(row.input_ids[cut]),
             )
         )
     return questions
@@ -110,6 +91,7 @@ def score_questions(
     """
     if batch_size < 1:
         raise SlamkitError(f"batch size must be at least 1, got {batch_size}")
+    check_ids_fit(model, questions)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -122,20 +104,13 @@ def score_questions(
         for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
             batch = [questions[i] for i in order[start : start + batch_size]]
             lengths = [len(q.prompt_ids) for q in batch]
-            width = max(lengths)
-            input_ids = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, q in enumerate(batch):
-                input_ids[row, : lengths[row]] = torch.tensor(q.prompt_ids)
-                attention_mask[row, : lengths[row]] = 1
-            keep = sorted({n - 1 for n in lengths}) if fast else list(range(width))
+            input_ids = right_pad([q.prompt_ids for q in batch], PAD_ID)
+            attention_mask = right_pad([[1] * n for n in lengths], 0)
+            keep = sorted({n - 1 for n in lengths}) if fast else list(range(input_ids.shape[1]))
             column = torch.tensor([keep.index(n - 1) for n in lengths])
             # Candidate ids padded to the widest question; padded slots are masked to -inf.
-            candidates = torch.zeros((len(batch), widest), dtype=torch.long)
-            valid = torch.zeros((len(batch), widest), dtype=torch.bool)
-            for row, q in enumerate(batch):
-                candidates[row, : len(q.choice_ids)] = torch.tensor(q.choice_ids)
-                valid[row, : len(q.choice_ids)] = True
+            candidates = right_pad([q.choice_ids + [0] * (widest - len(q.choice_ids)) for q in batch], 0)
+            valid = right_pad([[1] * len(q.choice_ids) + [0] * (widest - len(q.choice_ids)) for q in batch], 0).bool()
             logits = model(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
@@ -143,7 +118,15 @@ def score_questions(
                 use_cache=False,
             ).logits
             last = logits[torch.arange(len(batch), device=device), column.to(device)]  # [B, V]
-            chosen = last.gather(1, candidates.to(device)).float().masked_fill(~valid.to(device), -math.inf)
+            chosen = last.gather(1, candidates.to(device)).float()
+            finite = (torch.isfinite(chosen) | ~valid.to(device)).all(dim=1).cpu()
+            if not bool(finite.all()):
+                bad = batch[int((~finite).nonzero()[0])]
+                raise SlamkitError(
+                    f"question {bad.id}: the model's letter logits are not finite (nan or inf), so no accuracy is "
+                    "reported; its weights are damaged (e.g. a training run that diverged)"
+                )
+            chosen = chosen.masked_fill(~valid.to(device), -math.inf)
             probs = F.softmax(chosen, dim=-1).cpu()
             preds = chosen.argmax(dim=-1).cpu()
             for row, q in enumerate(batch):
@@ -153,6 +136,19 @@ def score_questions(
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def check_ids_fit(model, questions: Sequence[Question]) -> None:
+    """Every prompt and candidate id must be a row of the model's embedding table (else the tokenizer is another
+    model's): refused, naming the first question, before anything is computed."""
+    rows = model.get_input_embeddings().num_embeddings
+    for question in questions:
+        top = max(max(question.prompt_ids), max(question.choice_ids))
+        if top >= rows:
+            raise SlamkitError(
+                f"question {question.id}: token id {top} is outside the model's {rows:,}-row embedding table: the "
+                "tokenizer is not this model's (score with the model's own tokenizer)"
+            )
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
@@ -186,10 +182,6 @@ class EvalResult:
     def correct(self) -> int:
         return sum(p.correct for p in self.predictions)
 
-    @property
-    def skipped(self) -> int:
-        return self.total - len(self.predictions)
-
 
 def first_problems(records: list[dict], max_problems: int | None) -> list[dict]:
     """The first ``max_problems`` records in file order (all when None)."""
@@ -205,11 +197,15 @@ def evaluate_categorical(model, tokenizer, records: list[dict], batch_size: int)
     return EvalResult(records=records, predictions=predictions, questions=questions)
 
 
-def summary_line(correct: int, total: int, skipped: int, label: str = "Correct") -> str:
-    """``Correct: 75/94 = 79.79% (95% CI 70.6–86.7%), skipped: 0`` — the one line every evaluation ends with."""
+def summary_line(correct: int, total: int, label: str = "Correct") -> str:
+    """``Correct: 75/94 = 79.79% (95% CI 70.6-86.7%), skipped: 0``: the one line every evaluation ends with.
+
+    ``skipped`` is always 0 (a question that cannot be scored stops the run) and is printed anyway: the
+    reference's "100 problems" silently scored 94.
+    """
     low, high = wilson_interval(correct, total)
     share = 100 * correct / total if total else float("nan")
-    return f"{label}: {correct}/{total} = {share:.2f}% (95% CI {100 * low:.1f}-{100 * high:.1f}%), skipped: {skipped}"
+    return f"{label}: {correct}/{total} = {share:.2f}% (95% CI {100 * low:.1f}-{100 * high:.1f}%), skipped: 0"
 
 
 def results_record(result: EvalResult, settings: dict) -> dict:
@@ -219,7 +215,7 @@ def results_record(result: EvalResult, settings: dict) -> dict:
         "accuracy": result.correct / result.total if result.total else None,
         "correct": result.correct,
         "total": result.total,
-        "skipped": result.skipped,
+        "skipped": 0,
         "ci95": [low, high],
         **settings,
     }
@@ -242,31 +238,65 @@ def prediction_records(result: EvalResult) -> list[dict]:
 
 
 def add_eval_arguments(parser) -> None:
-    """The flags both evaluation scripts share (the seed's, plus --dtype and --output_dir)."""
+    """The flags both evaluation scripts share (the seed's, plus --device, --dtype, --output_dir, --overwrite)."""
     parser.add_argument("--data_path", default="example_arc/arc_easy_test.jsonl", help="step-1 jsonl to score")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_problems", type=int, default=None, help="score the first N questions (file order)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16")
     parser.add_argument("--output_dir", default=None, help="write results.json, predictions.jsonl, confusion_matrix.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace the evaluation already in --output_dir")
+
+
+EVAL_FILES = ("results.json", "predictions.jsonl", "confusion_matrix.png")
+
+
+def check_output_dir(output_dir: str | None, overwrite: bool) -> None:
+    """An evaluation folder holds one evaluation: one already there is refused (before the model is loaded)
+    unless ``overwrite``."""
+    if output_dir is None:
+        return
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise SlamkitError(f"{folder}: --output_dir is a file, not a folder")
+    found = [name for name in EVAL_FILES if (folder / name).exists()]
+    if found and not overwrite:
+        raise SlamkitError(
+            f"{folder}: already holds an evaluation ({', '.join(found)}); choose another --output_dir, or pass "
+            "--overwrite to replace it"
+        )
+
+
+def write_outputs(
+    output_dir: str | Path, results: dict, predictions: list[dict], confusion: tuple[list[str], list[str], list[str]] | None
+) -> list[str]:
+    """Write ``results.json``, ``predictions.jsonl`` and (given ``(gold, pred, letters)``) ``confusion_matrix.png``
+    as one set: all of them or, on any error, none (an earlier evaluation's files are replaced together)."""
+    from slamkit.plots import plot_confusion_matrix  # matplotlib: imported only when a plot is drawn
+
+    folder = Path(output_dir)
+    written = [folder / "results.json", folder / "predictions.jsonl"]
+    with output_set() as outputs:
+        with outputs.open(folder / "predictions.jsonl") as handle:
+            write_jsonl_lines(handle, predictions)
+        if confusion is not None:
+            gold, pred, letters = confusion
+            written.append(plot_confusion_matrix(gold, pred, letters, folder / "confusion_matrix.png",
+                                                 title=str(results.get("model", "")), outputs=outputs))
+        with outputs.open(folder / "results.json") as handle:
+            write_json_document(handle, results)
+    for name in EVAL_FILES:  # --overwrite: a file of the earlier evaluation that this one does not write
+        if folder / name not in written and (folder / name).exists():
+            (folder / name).unlink()
+    return [str(path) for path in written]
 
 
 def write_eval_outputs(output_dir, result: EvalResult, settings: dict) -> list[str]:
-    """Write results.json, predictions.jsonl and confusion_matrix.png (each atomically); return their paths."""
-    from slamkit.plots import (
-        plot_confusion_matrix,  # matplotlib: imported only when a plot is drawn
-    )
-
-    folder = Path(output_dir)
+    """The categorical evaluation's files (see :func:`write_outputs`)."""
     lines = prediction_records(result)
-    write_json(folder / "results.json", results_record(result, settings))
-    write_jsonl(folder / "predictions.jsonl", lines)
     letters = sorted({letter for q in result.questions for letter in q.letters})
-    plot_confusion_matrix(
-        [line["gold"] for line in lines], [line["pred"] for line in lines], letters,
-        folder / "confusion_matrix.png", title=str(settings.get("model", "")),
-    )
-    return [str(folder / name) for name in ("results.json", "predictions.jsonl", "confusion_matrix.png")]
+    confusion = ([line["gold"] for line in lines], [line["pred"] for line in lines], letters)
+    return write_outputs(output_dir, results_record(result, settings), lines, confusion)
 
 
 def eval_settings(
@@ -289,7 +319,7 @@ def run_categorical(
     lines = [
         f"{settings['model']} on {settings['data_path']}: {result.total} questions, {settings['device']} "
         f"{settings['dtype']}, {time.perf_counter() - start:.1f} s",
-        summary_line(result.correct, result.total, result.skipped),
+        summary_line(result.correct, result.total),
     ]
     if output_dir:
         lines += [f"wrote {path}" for path in write_eval_outputs(output_dir, result, settings)]

@@ -17,6 +17,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
+    Qwen3Config,
 )
 
 from slamkit.errors import SlamkitError
@@ -174,3 +175,36 @@ def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if chosen == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise SlamkitError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bf16 (use float32 or float16)")
     return chosen
+
+
+# Qwen3 shapes for random-weight models: the real Qwen3-0.6B (benchmarks) and a tiny one (tests, demo), both with
+# Qwen3's real 151,936-row vocabulary so that the token ids are the real run's.
+QWEN3_SHAPES = {
+    "qwen3-0.6b": dict(
+        hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+        intermediate_size=3072, max_position_embeddings=40960,
+    ),
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        intermediate_size=128, max_position_embeddings=1024,
+    ),
+}
+
+
+def qwen3_config(shape: str = "tiny", **overrides) -> Qwen3Config:
+    """``Qwen3Config`` of a named shape (:data:`QWEN3_SHAPES`), real vocabulary, tied embeddings; ``overrides``
+    change any field (e.g. ``vocab_size=1024`` for a faster test model)."""
+    if shape not in QWEN3_SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; one of {', '.join(QWEN3_SHAPES)}")
+    fields = dict(vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6, attention_dropout=0.0)
+    return Qwen3Config(**{**fields, **QWEN3_SHAPES[shape], **overrides})
+
+
+def save_random_model(folder: str | Path, config: Qwen3Config, tokenizer_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """A causal LM of ``config`` with seeded random weights, saved to ``folder`` as a plain HF checkpoint (with the
+    tokenizer of ``tokenizer_dir`` beside it when given), so that the real ``from_pretrained`` path loads it."""
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    if tokenizer_dir is not None:
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return Path(folder)

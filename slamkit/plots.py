@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from slamkit.jsonl import atomic_output
+from slamkit.jsonl import OutputSet, atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +52,11 @@ def _steps_per_epoch(log_history: list[Mapping[str, Any]]) -> float | None:
     return None
 
 
-def _save_png(figure: Figure, path: str | Path) -> Path:
-    """Render ``figure`` as a PNG at ``path`` atomically and return the path."""
+def _save_png(figure: Figure, path: str | Path, outputs: OutputSet | None = None) -> Path:
+    """Render ``figure`` as a PNG at ``path`` atomically (or as one file of ``outputs``) and return the path."""
     path = Path(path)
     FigureCanvasAgg(figure)
-    with atomic_output(path, mode="wb") as handle:
+    with atomic_output(path, mode="wb") if outputs is None else outputs.open(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=DPI)
     logger.info("wrote %s", path)
     return path
@@ -134,9 +134,11 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, ti
 
 
 def plot_confusion_matrix(
-    gold: list[str], pred: list[str], letters: list[str], path: str | Path, title: str | None = None
+    gold: list[str], pred: list[str], letters: list[str], path: str | Path, title: str | None = None,
+    outputs: OutputSet | None = None,
 ) -> Path:
-    """Plot the gold × predicted letter counts into a PNG at ``path``, with accuracy in the title.
+    """Plot the gold × predicted letter counts into a PNG at ``path``, with accuracy in the title (written as one
+    file of ``outputs`` when given, see :func:`slamkit.jsonl.output_set`).
 
     Rows are gold letters and columns predicted letters, both in the order of ``letters``; the diagonal
     holds the correct answers. A letter outside ``letters``, unequal lengths or no answers raise ``ValueError``.
@@ -178,4 +180,27 @@ def plot_confusion_matrix(
     colorbar = figure.colorbar(image, ax=ax, label="answers", shrink=0.8)
     colorbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{title or 'Confusion matrix'}\naccuracy {correct}/{total} ({100.0 * correct / total:.1f}%)")
-    return _save_png(figure, path)
+    return _save_png(figure, path, outputs)
+
+
+def plot_sweep_curves(
+    curves: Mapping[str, list[tuple[int, float]]], path: str | Path, title: str | None = None,
+    outputs: OutputSet | None = None,
+) -> Path:
+    """Overlay each job's validation accuracy (a fraction, drawn in percent) against optimizer step in one PNG.
+
+    ``curves`` maps a job's label (its swept overrides) to its ``(step, accuracy)`` points.
+    """
+    if not curves:
+        raise ValueError("no validation curves to plot")
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    ax = figure.subplots()
+    for label, points in curves.items():
+        ax.plot([step for step, _ in points], [100.0 * value for _, value in points], marker="o", label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    figure.suptitle(title or "Sweep: validation accuracy")
+    return _save_png(figure, path, outputs)

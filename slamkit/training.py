@@ -1,166 +1,62 @@
-"""Supervised fine-tuning with the Hugging Face Trainer: ``train(...)`` takes plain typed settings.
+"""Supervised fine-tuning with the Hugging Face Trainer.
+
+:func:`train` runs an :class:`~slamkit.config.SFTConfig`; :func:`build_trainer` is the one place an
+:class:`SFTTrainer` is built, and ``train()``, the benchmark and the tests all call it.
 
 Fast paths (on by default; each leaves the result unchanged, see README "Performance"):
-- packing: a micro-batch is one padding-free row (``PackedCollator``), and the LM head runs only at the
-  supervised positions (``logits_to_keep``), so logits are 2 rows per ARC example instead of ~77;
-- single_micro_batch: per-device ``b`` × accumulation ``g`` becomes one micro-batch of ``b·g`` sequences
+- packing: a micro-batch is one padding-free row (transformers' ``DataCollatorWithFlattening``), and the LM head
+  runs only at the supervised positions (``logits_to_keep``): 2 rows of logits per ARC example instead of ~77;
+- single_micro_batch: per-device ``b`` × accumulation ``g`` runs as one micro-batch of ``b·g`` sequences
   (same samples, same order, same optimizer steps, same loss normalisation);
+- one forward pass per validation gives both ``eval_loss`` and ``eval_accuracy``;
 - checkpoints without optimizer state (``save_only_model: true`` in the shipped config).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import json
 import logging
-import re
+import math
+import socket
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from safetensors import SafetensorError
+from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from slamkit.data import PackedCollator, PaddedCollator, TokenDataset, load_token_rows
+from slamkit import __version__
+from slamkit.chatml import IGNORE_INDEX, chatml_ids
+from slamkit.config import SFTConfig, SpeedSettings
+from slamkit.data import SFTCollator, TokenDataset, TokenRow, expand_paths, load_token_rows
 from slamkit.errors import SlamkitError
-from slamkit.evaluation import (
-    Question,
-    accuracy,
-    questions_from_token_rows,
-    score_questions,
-)
-from slamkit.jsonl import atomic_output
-from slamkit.model import (
-    build_model,
-    embedding_rows,
-    load_model_config,
-    load_tokenizer,
-    parse_dtype,
+from slamkit.jsonl import DISK_ERRORS
+from slamkit.model import build_model, embedding_rows, load_model_config, load_tokenizer, parse_dtype
+from slamkit.run_folder import (
+    METRICS_LOGGER,
+    RunFolder,
+    files_sha256,
+    make_readable,
+    newest_complete_checkpoint,
+    no_folder,
+    write_record,
 )
 
 log = logging.getLogger(__name__)
-
-RUN_RECORD = "slamkit_run.yaml"  # the resolved run config, saved beside the weights of every checkpoint
-CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # the Trainer's checkpoint folders
-
-# TrainingArguments keys that transformers 5.x no longer accepts, and what to write instead.
-REMOVED_TRAINING_ARGS = {
-    "warmup_ratio": "training_args.warmup_steps=0.03 (a float below 1 is a fraction of the total steps)",
-    "evaluation_strategy": "training_args.eval_strategy=...",
-    "overwrite_output_dir": "nothing: delete it (the Trainer writes into output_dir as it is)",
-    "logging_dir": "nothing: delete it (loggers write under output_dir)",
-    "torch_dtype": "model.dtype=...",
-    "group_by_length": "training_args.train_sampling_strategy=group_by_length",
-    "save_safetensors": "nothing: delete it (checkpoints are always safetensors)",
-    "no_cuda": "training_args.use_cpu=true",
-}
-TRAINING_ARGUMENT_NAMES = frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+metrics_log = logging.getLogger(METRICS_LOGGER)
 
 
-def unknown_training_argument_message(key: str) -> str:
-    """What to say about ``training_args.<key>`` that TrainingArguments does not take."""
-    if key in REMOVED_TRAINING_ARGS:
-        return f"training_args.{key} was removed in transformers 5.x: write {REMOVED_TRAINING_ARGS[key]}"
-    close = difflib.get_close_matches(key, sorted(TRAINING_ARGUMENT_NAMES), n=1)
-    hint = f": did you mean training_args.{close[0]}?" if close else ""
-    return f"training_args.{key} is not a transformers TrainingArguments field{hint}"
+class NonFiniteError(SlamkitError):
+    """A loss, gradient norm or weight that is NaN or infinite: the run has diverged."""
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    base_model_name: str  # hub id or local folder of the pretrained text LM
-    tokenizer_name: str  # saved beside every checkpoint
-    twist_init: bool = True
-    dtype: str = "float32"  # weights (and AdamW state) dtype; bf16 compute comes from training_args.bf16
-    attn_implementation: str | None = "sdpa"
-    vocab_size: int | None = None  # grow the embedding table to this many rows (new token types)
-    trust_remote_code: bool = False
-    allow_pickle: bool = False  # load .bin (pickle) weights; off = safetensors only
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    train_path: str | list[str]
-    val_path: str | list[str] | None = None
-    max_train_examples: int | None = None
-    max_val_examples: int | None = None
-
-
-@dataclass(frozen=True)
-class SpeedSettings:
-    packing: bool = True
-    single_micro_batch: bool = True
-    compile: bool = False  # torch.compile each decoder layer (regional), dynamic shapes
-
-
-class SFTTrainer(Trainer):
-    """The HF Trainer with one changed hook: the loss of packed batches from the supervised positions only.
-
-    ``choice_questions`` (set after construction) adds categorical validation accuracy to each evaluation.
-    """
-
-    choice_questions: list[Question] | None = None
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "logits_positions" not in inputs:  # padded batches: the model's own full-logits loss
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs = dict(inputs)
-        positions, targets = inputs.pop("logits_positions"), inputs.pop("targets")
-        inputs.pop("labels")  # only there for the Trainer's count of supervised tokens
-        outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
-        logits = outputs.logits.squeeze(0).float()  # squeeze, not [0]: indexing would allocate a zeroed grad
-        loss = F.cross_entropy(logits, targets, reduction="sum", label_smoothing=self.args.label_smoothing_factor)
-        # Same normalisation as transformers' own loss: by the supervised tokens of the whole optimizer step
-        # (across accumulation and devices) when the Trainer counted them, else a per-batch mean.
-        loss = loss / (num_items_in_batch if num_items_in_batch is not None else targets.numel())
-        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients; undo it for a global sum
-        return (loss, outputs) if return_outputs else loss
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        if self.choice_questions:
-            predictions = score_questions(
-                self.model, self.choice_questions, self.args.per_device_eval_batch_size, progress=False
-            )
-            extra = {f"{metric_key_prefix}_accuracy": accuracy(predictions)}
-            self.log(extra)
-            metrics.update(extra)
-        return metrics
-
-
-class RunRecordCallback(TrainerCallback):
-    """Write the resolved run config beside the weights of every checkpoint (rank 0)."""
-
-    def __init__(self, run_config: dict[str, Any]):
-        self.run_config = run_config
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            write_run_record(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.run_config)
-
-
-def write_run_record(folder: Path, run_config: dict[str, Any]) -> None:
-    with atomic_output(folder / RUN_RECORD) as handle:
-        yaml.safe_dump(run_config, handle, sort_keys=False)
-
-
-def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` holding the run record, which :class:`RunRecordCallback` writes last.
-
-    The Trainer writes a checkpoint's files in place, one after another; a newer folder without the record
-    was cut short (the run died while saving) and is skipped, with a warning, instead of failing the resume.
-    """
-    if not output_dir.is_dir():
-        return None
-    numbered = [(int(m[1]), p) for p in output_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_NAME.fullmatch(p.name))]
-    for _, folder in sorted(numbered, reverse=True):
-        if (folder / RUN_RECORD).is_file():
-            return str(folder)
-        log.warning("cont_training: skipping %s: incomplete (no %s; the run stopped while saving it)", folder, RUN_RECORD)
-    return None
+# ------------------------------------------------------------------------------------------- arguments
 
 
 def _integration_available(name: str) -> bool:
@@ -169,122 +65,410 @@ def _integration_available(name: str) -> bool:
     return {"tensorboard": integrations.is_tensorboard_available, "wandb": integrations.is_wandb_available}[name]()
 
 
-def training_arguments(kwargs: dict[str, Any], speed: SpeedSettings, has_validation: bool) -> TrainingArguments:
-    """``TrainingArguments(**kwargs)`` after the checks and the device/precision decision (logged in one line)."""
-    for key in kwargs:
-        if key not in TRAINING_ARGUMENT_NAMES:
-            raise SlamkitError(unknown_training_argument_message(key))
-    kwargs = dict(kwargs)
-    if kwargs.get("output_dir") in (None, ""):
-        raise SlamkitError("training_args.output_dir is required")
-    if kwargs.get("eval_strategy", "no") != "no" and not has_validation:
-        raise SlamkitError(f"training_args.eval_strategy={kwargs['eval_strategy']} needs data.val_path")
-    bf16 = bool(kwargs.get("bf16"))
-    if torch.cuda.is_available() and not kwargs.get("use_cpu"):
-        if bf16 and not torch.cuda.is_bf16_supported():
+def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation: bool) -> TrainingArguments:
+    """``TrainingArguments`` from :class:`~slamkit.config.TrainingArgumentsSettings`, built once, after the checks
+    and the adjustments (each logged): the device and precision, the run name, and ``single_micro_batch``."""
+    changes: dict[str, Any] = {}
+    if settings.eval_strategy != "no" and not has_validation:
+        raise SlamkitError(f"training_args.eval_strategy={settings.eval_strategy} needs data.val_path")
+    if torch.cuda.is_available() and not settings.use_cpu:
+        if settings.bf16 and not torch.cuda.is_bf16_supported():
             raise SlamkitError(
                 f"training_args.bf16=true but {torch.cuda.get_device_name()} has no bf16: "
                 "set training_args.bf16=false (float32) or training_args.fp16=true"
             )
-        log.info("precision: %s on CUDA (%s)", "bf16 autocast, float32 weights" if bf16 else "float32", torch.cuda.get_device_name())
+        precision = "bf16 autocast, float32 weights" if settings.bf16 else "float32"
+        log.info("precision: %s on CUDA (%s)", precision, torch.cuda.get_device_name())
     else:
-        kwargs["use_cpu"] = True
-        log.info("precision: no CUDA device, training on CPU in %s", "bf16 autocast (float32 weights)" if bf16 else "float32")
-    reporters = kwargs.get("report_to") or []
-    reporters = [reporters] if isinstance(reporters, str) else reporters
+        changes["use_cpu"] = True
+        precision = "bf16 autocast (float32 weights)" if settings.bf16 else "float32"
+        log.info("precision: no CUDA device, training on CPU in %s", precision)
+    reporters = settings.report_to or []
     for name in ("tensorboard", "wandb"):
-        if name in reporters and not _integration_available(name):
+        if name in ([reporters] if isinstance(reporters, str) else reporters) and not _integration_available(name):
             raise SlamkitError(f"logger={name} (training_args.report_to) needs the {name} package: pip install {name}")
-    if kwargs.get("run_name") is None:
-        kwargs["run_name"] = Path(kwargs["output_dir"]).name  # loggers name the run after its folder
-    if speed.single_micro_batch and kwargs.get("gradient_accumulation_steps", 1) > 1:
-        per_device, steps = kwargs.get("per_device_train_batch_size", 8), kwargs["gradient_accumulation_steps"]
-        kwargs["per_device_train_batch_size"], kwargs["gradient_accumulation_steps"] = per_device * steps, 1
-        log.info(
-            "single_micro_batch: %d per device x %d accumulation run as one micro-batch of %d "
-            "(same samples, order and steps; speed.single_micro_batch=false keeps %d micro-batches)",
-            per_device, steps, per_device * steps, steps,
-        )
+    if settings.run_name is None:
+        changes["run_name"] = Path(settings.output_dir).name  # loggers name the run after its folder
+    # The datasets yield exactly what SFTCollator needs; the Trainer would otherwise drop the rows' choice_ids
+    # (not an argument of model.forward) before collation, and validation accuracy with them.
+    changes["remove_unused_columns"] = False
+    per_device, accumulation = settings.per_device_train_batch_size, settings.gradient_accumulation_steps
+    if speed.single_micro_batch and accumulation > 1:
+        changes["per_device_train_batch_size"], changes["gradient_accumulation_steps"] = per_device * accumulation, 1
     try:
-        return TrainingArguments(**kwargs)
+        return TrainingArguments(**dataclasses.asdict(dataclasses.replace(settings, **changes)))
     except (ValueError, TypeError) as err:
         raise SlamkitError(f"training_args: {str(err).strip().splitlines()[0]}") from None
 
 
-def train(
-    model: ModelSettings,
-    data: DataSettings,
-    training_args: dict[str, Any],
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many sequences an optimizer step sees and how many steps the run makes (stated in its first lines)."""
+
+    rows: int
+    world_size: int
+    per_device: int  # what runs
+    accumulation: int
+    requested_per_device: int  # what the config asked for (single_micro_batch may fold accumulation into it)
+    requested_accumulation: int
+    epochs: float
+    max_steps: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device * self.accumulation * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """As the Trainer counts them: micro-batches per process, then optimizer steps (the last one partial)."""
+        micro_batches = math.ceil(self.rows / (self.per_device * self.world_size))
+        return max(micro_batches // self.accumulation + int(micro_batches % self.accumulation > 0), 1)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_steps if self.max_steps > 0 else math.ceil(self.epochs * self.steps_per_epoch)
+
+    def describe(self) -> str:
+        """``batch: 4 per device × 4 accumulation × 2 processes = 32 sequences per step → 71 steps per epoch, ...``"""
+        line = (
+            f"batch: {self.requested_per_device} per device x {self.requested_accumulation} accumulation x "
+            f"{self.world_size} process{'es' if self.world_size > 1 else ''} = {self.global_batch} sequences per "
+            f"optimizer step"
+        )
+        if (self.per_device, self.accumulation) != (self.requested_per_device, self.requested_accumulation):
+            line += f" (run as one micro-batch of {self.per_device} per device: speed.single_micro_batch)"
+        return (
+            f"{line}; {self.rows:,} training rows -> {self.steps_per_epoch} steps per epoch, {self.total_steps} steps "
+            f"in all (the last checkpoint is checkpoint-{self.total_steps})"
+        )
+
+
+def batch_plan(args: TrainingArguments, settings: Any, rows: int) -> BatchPlan:
+    return BatchPlan(
+        rows=rows, world_size=args.world_size, per_device=args.per_device_train_batch_size,
+        accumulation=args.gradient_accumulation_steps, requested_per_device=settings.per_device_train_batch_size,
+        requested_accumulation=settings.gradient_accumulation_steps, epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+    )
+
+
+# ------------------------------------------------------------------------------------------- the trainer
+
+
+def answer_predictions(
+    logits: torch.Tensor, targets: torch.Tensor, sequence: torch.Tensor, choice_ids: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The predicted and the gold choice of every sequence, from the logits at its supervised positions.
+
+    ``logits`` [K, V] and ``targets`` [K] are the supervised positions in order, ``sequence`` [K] the sequence
+    each belongs to, ``choice_ids`` [S, C] each sequence's candidate ids (-1 = none). A sequence's first
+    supervised position predicts its answer letter, exactly where categorical evaluation reads it.
+    """
+    first = torch.ones_like(sequence, dtype=torch.bool)
+    first[1:] = sequence[1:] != sequence[:-1]
+    answer_logits, gold_ids = logits[first], targets[first]
+    if answer_logits.shape[0] != choice_ids.shape[0]:
+        raise ValueError(f"{answer_logits.shape[0]} supervised sequences but {choice_ids.shape[0]} rows of choice_ids")
+    valid = choice_ids >= 0
+    scores = answer_logits.gather(1, choice_ids.clamp(min=0)).masked_fill(~valid, -math.inf)
+    gold = (choice_ids == gold_ids[:, None]).int().argmax(dim=1)
+    return {"answer_pred": scores.argmax(dim=1), "answer_gold": gold}
+
+
+def answer_accuracy(prediction: EvalPrediction) -> dict[str, float]:
+    """``compute_metrics``: the categorical accuracy of the validation rows (logged as ``eval_accuracy``)."""
+    predicted, gold = prediction.predictions
+    correct = int((predicted == gold).sum())
+    return {"accuracy": correct / len(gold), "correct": correct, "questions": len(gold)}
+
+
+def check_finite_weights(model: torch.nn.Module, what: str) -> None:
+    """A model with a NaN or infinite weight is never saved (one host sync)."""
+    parameters = [p for p in model.parameters()]
+    if bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()):
+        return
+    name = next(name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all()))
+    raise NonFiniteError(
+        f"{what}: weight {name} is not finite (nan or inf): the run diverged and was stopped before saving it; "
+        "lower training_args.learning_rate or check the data and the base model"
+    )
+
+
+class SFTTrainer(Trainer):
+    """The HF Trainer with two changed hooks.
+
+    ``compute_loss``: packed batches get the LM head only at the supervised positions (read from ``labels``);
+    in evaluation the same pass also yields each validation row's predicted and gold answer, so one forward
+    pass gives ``eval_loss`` and ``eval_accuracy``. ``_save_checkpoint``: the weights are checked finite, and
+    the run record is written into the checkpoint folder before the Trainer's files (``trainer_state.json``,
+    written last, marks a checkpoint complete), whose permissions then follow the umask.
+    """
+
+    run_record: dict[str, Any] | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        choice_ids = inputs.pop("choice_ids", None)
+        labels = inputs["labels"]
+        if "position_ids" in inputs:  # packed: the LM head only at the positions whose next token is supervised
+            del inputs["labels"]
+            shifted = labels[0, 1:]
+            positions = (shifted != IGNORE_INDEX).nonzero().squeeze(1)
+            outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
+            logits = outputs.logits.squeeze(0).float()  # squeeze, not [0]: indexing would allocate a zeroed grad
+            targets = shifted[positions]
+            loss = F.cross_entropy(logits, targets, reduction="sum", label_smoothing=self.args.label_smoothing_factor)
+            # Normalised as transformers' own loss: by the supervised tokens of the whole optimizer step (across
+            # accumulation and devices) when the Trainer counted them, else a per-batch mean.
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else targets.numel())
+            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients; undo it for a global sum
+            if not return_outputs:
+                return loss
+            sequence = (inputs["position_ids"][0] == 0).cumsum(0)[positions] - 1
+        else:  # padded: the model's own loss over the logits at every position (the straightforward path)
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            if not return_outputs:
+                return loss
+            supervised = labels[:, 1:] != IGNORE_INDEX
+            logits, targets = outputs.logits[:, :-1][supervised].float(), labels[:, 1:][supervised]
+            sequence = supervised.nonzero()[:, 0]
+        result = {"loss": loss}
+        if choice_ids is not None:
+            result.update(answer_predictions(logits.detach(), targets, sequence, choice_ids))
+        return loss, result
+
+    def _save_checkpoint(self, model, trial):
+        # Overridden rather than a callback: on_save runs after the Trainer has written the checkpoint AND deleted
+        # older ones (save_total_limit), so a record written there could be missing from the only complete one.
+        step = self.state.global_step
+        check_finite_weights(self.model, f"checkpoint-{step}")
+        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        if self.args.should_save and self.run_record is not None:
+            write_record(folder, {k: v for k, v in self.run_record.items() if k != "status"})
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            make_readable(folder)
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stop the run when a logged loss or gradient norm is not finite, instead of training on into NaN weights
+    (the weights themselves are checked before every save)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm", "eval_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(value):
+                raise NonFiniteError(
+                    f"{key} is {value} at step {state.global_step} (training_args.learning_rate={args.learning_rate}): "
+                    "the run diverged and was stopped; the checkpoints saved before it are finite. Lower "
+                    "training_args.learning_rate, or check the data and the base model"
+                )
+
+
+class MetricsLog(TrainerCallback):
+    """Every logged metrics dict (loss, learning rate, eval loss, eval accuracy) also goes to train_sft.log."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            metrics_log.info("step %d: %s", state.global_step, logs)
+
+
+def build_trainer(
+    model: torch.nn.Module,
+    args: TrainingArguments,
+    train_rows: Sequence[TokenRow],
+    val_rows: Sequence[TokenRow] | None = None,
+    *,
+    tokenizer=None,
     speed: SpeedSettings = SpeedSettings(),
-    cont_training: bool = False,
-    run_config: dict[str, Any] | None = None,
-) -> Path:
-    """Fine-tune ``model`` on ``data``; return the output folder (a plain HF checkpoint of the final weights).
+    callbacks: Sequence[TrainerCallback] = (),
+    run_record: dict[str, Any] | None = None,
+) -> SFTTrainer:
+    """The one construction site of :class:`SFTTrainer`: collator, datasets, validation accuracy, compile.
+
+    Validation rows that all carry ``choice_ids`` get ``eval_accuracy`` beside ``eval_loss`` (same pass).
+    """
+    with_choices = bool(val_rows) and all(row.choice_ids is not None for row in val_rows)
+    if val_rows and not with_choices:
+        log.info("validation rows carry no choice_ids: reporting validation loss only")
+    if speed.compile:
+        for layer in model.get_decoder().layers:
+            layer.compile(dynamic=True)
+        log.info("compile: each decoder layer wrapped in torch.compile (dynamic shapes)")
+    pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=TokenDataset(train_rows),
+        eval_dataset=TokenDataset(val_rows, with_choice_ids=with_choices) if val_rows else None,
+        data_collator=SFTCollator(packing=speed.packing, pad_id=pad_id),
+        processing_class=tokenizer,
+        compute_metrics=answer_accuracy if with_choices else None,
+        callbacks=[NonFiniteGuard(), MetricsLog(), *callbacks],
+    )
+    trainer.run_record = run_record
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------------ train()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    metrics: dict[str, float]  # the last evaluation's eval_* metrics ({} without validation)
+
+    @property
+    def eval_accuracy(self) -> float | None:
+        return self.metrics.get("eval_accuracy")
+
+
+DISK_MESSAGES = ("no space left on device", "disk quota exceeded", "read-only file system", "file too large")
+
+
+def disk_problem(err: BaseException) -> str | None:
+    """``"no space left on device"`` (etc.) when ``err`` is a write failing for the disk's sake, else None: an
+    OSError says so with its errno, safetensors' and torch.save's errors only in their message."""
+    if isinstance(err, OSError) and err.errno in DISK_ERRORS:
+        return (err.strerror or str(err)).lower()
+    return next((message for message in DISK_MESSAGES if message in str(err).lower()), None)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as YAML-safe plain data (enums and other objects as strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_record(
+    config: SFTConfig, args: TrainingArguments, plan: BatchPlan, data: dict[str, Any], command_line: Sequence[str]
+) -> dict[str, Any]:
+    """What the run folder records: the requested config, what really ran, and the data it ran on."""
+    return {
+        "slamkit": __version__,
+        "status": "running",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "command_line": list(command_line),
+        "config": _plain(dataclasses.asdict(config)),
+        "effective": {
+            "world_size": plan.world_size,
+            "per_device_train_batch_size": plan.per_device,
+            "gradient_accumulation_steps": plan.accumulation,
+            "global_batch": plan.global_batch,
+            "steps_per_epoch": plan.steps_per_epoch,
+            "total_steps": plan.total_steps,
+            "device": args.device.type,
+            "bf16": args.bf16,
+        },
+        "data": data,
+    }
+
+
+def _data_record(paths: Any, rows: Sequence[TokenRow] | None) -> dict[str, Any] | None:
+    if rows is None:
+        return None
+    files = expand_paths(paths)
+    return {"files": [str(f) for f in files], "rows": len(rows), "sha256": files_sha256(files)}
+
+
+def check_rows_match_tokenizer(rows: Sequence[TokenRow], tokenizer, where: str, tokenizer_name: str) -> None:
+    """Token rows end with ``<|im_end|>`` (step 2 supervises it): rows made with another model's tokenizer have
+    another id there. Refused, naming the row, with what to re-run."""
+    try:
+        im_end = chatml_ids(tokenizer).im_end
+    except SlamkitError:
+        return  # no ChatML tokenizer: nothing to compare against
+    for index, row in enumerate(rows):
+        last = next(label for label in reversed(row.labels) if label != IGNORE_INDEX)
+        if last != im_end:
+            raise SlamkitError(
+                f"{where} row {index + 1}{f' (id {row.id})' if row.id else ''}: ends with token id {last}, but "
+                f"<|im_end|> is {im_end} for {tokenizer_name}: the rows were made with another tokenizer; re-run "
+                f"prepare_arc_tokens.py with --tokenizer {tokenizer_name}"
+            )
+
+
+def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
+    """Fine-tune as ``config`` says; return the output folder (a plain HF checkpoint of the final weights).
 
     Every ``checkpoint-N/`` and the output folder hold the weights (safetensors), the tokenizer and
-    ``slamkit_run.yaml`` (``run_config``), and load with ``AutoModelForCausalLM``/``AutoTokenizer``.
+    ``slamkit_run.yaml``, and load with ``AutoModelForCausalLM``/``AutoTokenizer``. The folder is held by this
+    run from start to end (:class:`~slamkit.run_folder.RunFolder`).
     """
-    args = training_arguments(training_args, speed, has_validation=data.val_path is not None)
+    settings, data, speed = config.training_args, config.data, config.speed
+    args = build_training_arguments(settings, speed, has_validation=data.val_path is not None)
     if args.n_gpu > 1 and speed.packing:
         raise SlamkitError(
             f"{args.n_gpu} GPUs visible to one process: launch with torchrun --nproc_per_node={args.n_gpu} "
-            "(or accelerate launch), or set CUDA_VISIBLE_DEVICES to one GPU"
+            "(or accelerate launch --multi_gpu), or set CUDA_VISIBLE_DEVICES to one GPU"
         )
-    resume_from = None  # decided before any loading, so a run that cannot resume fails at once
-    if cont_training:
-        resume_from = last_complete_checkpoint(Path(args.output_dir))
-        if resume_from is None:
-            log.info("cont_training: no checkpoint in %s yet, starting from the beginning", args.output_dir)
-        elif not any((Path(resume_from) / name).exists() for name in ("optimizer.pt", "optimizer.bin")):
-            raise SlamkitError(
-                f"{resume_from}: no optimizer state to resume from (saved with save_only_model=true); "
-                "train with training_args.save_only_model=false to be able to resume"
-            )
-        else:
-            log.info("cont_training: resuming from %s", resume_from)
-
-    # Everything that can be checked without the weights is checked before loading them.
-    tokenizer = load_tokenizer(model.tokenizer_name, model.trust_remote_code)
-    config = load_model_config(model.base_model_name, model.trust_remote_code)
-    context = getattr(config, "max_position_embeddings", None)
-    rows = embedding_rows(config.vocab_size, len(tokenizer), model.vocab_size, model.base_model_name)
-    train_rows = load_token_rows(data.train_path, context, rows, data.max_train_examples)
-    val_rows = load_token_rows(data.val_path, context, rows, data.max_val_examples) if data.val_path else None
-    log.info("data: %d training rows%s", len(train_rows), f", {len(val_rows)} validation rows" if val_rows else "")
-    set_seed(args.seed)
-    net = build_model(
-        model.base_model_name, model.twist_init, parse_dtype(model.dtype), model.attn_implementation,
-        tokenizer_size=len(tokenizer), vocab_size=model.vocab_size,
-        trust_remote_code=model.trust_remote_code, allow_pickle=model.allow_pickle,
-    )
-    if speed.compile:
-        for layer in net.get_decoder().layers:
-            layer.compile(dynamic=True)
-        log.info("compile: each decoder layer wrapped in torch.compile (dynamic shapes)")
-
-    trainer = SFTTrainer(
-        model=net,
-        args=args,
-        train_dataset=TokenDataset(train_rows),
-        eval_dataset=TokenDataset(val_rows) if val_rows else None,
-        data_collator=PackedCollator() if speed.packing else PaddedCollator(tokenizer.pad_token_id or 0),
-        processing_class=tokenizer,
-        callbacks=[RunRecordCallback(run_config or {})],
-    )
-    if val_rows and all(r.choice_ids is not None for r in val_rows):
-        trainer.choice_questions = questions_from_token_rows(val_rows)
-    elif val_rows:
-        log.info("validation rows carry no choice_ids: reporting validation loss only")
-    trainer.train(resume_from_checkpoint=resume_from)
     output_dir = Path(args.output_dir)
-    trainer.save_model(str(output_dir))
-    trainer.save_state()  # trainer_state.json (the log history) beside the final weights
-    if trainer.is_world_process_zero():
-        write_run_record(output_dir, run_config or {})
-        from slamkit.plots import plot_training_curves
+    main_process = args.process_index == 0
+    with RunFolder(output_dir) if main_process else no_folder() as folder:
+        if folder is not None:  # before anything is loaded: a folder that holds another run is refused here
+            folder.claim(config.cont_training, config.overwrite)
+        # Everything that can be checked without the weights is checked before loading them, the cheapest first.
+        for paths in (data.train_path, data.val_path):
+            for path in expand_paths(paths) if paths else []:
+                if not path.is_file():
+                    raise SlamkitError(f"{path}: no such file")
+        tokenizer = load_tokenizer(config.model.tokenizer_name, config.model.trust_remote_code)
+        model_config = load_model_config(config.model.base_model_name, config.model.trust_remote_code)
+        context = getattr(model_config, "max_position_embeddings", None)
+        rows = embedding_rows(model_config.vocab_size, len(tokenizer), config.model.vocab_size, config.model.base_model_name)
+        train_rows = load_token_rows(data.train_path, context, rows, data.max_train_examples)
+        val_rows = load_token_rows(data.val_path, context, rows, data.max_val_examples) if data.val_path else None
+        for name, checked in (("data.train_path", train_rows), ("data.val_path", val_rows or [])):
+            check_rows_match_tokenizer(checked, tokenizer, name, config.model.tokenizer_name)
+        plan = batch_plan(args, settings, len(train_rows))
+        header = [
+            f"command line: {' '.join(command_line) or '(none)'}",
+            f"data: {len(train_rows)} training rows" + (f", {len(val_rows)} validation rows" if val_rows else ""),
+            plan.describe(),
+        ]
+        for line in header[1:]:
+            log.info("%s", line)
+        record = run_record(
+            config, args, plan,
+            {"train": _data_record(data.train_path, train_rows), "validation": _data_record(data.val_path, val_rows)},
+            command_line,
+        )
+        if folder is not None:
+            resume_from = folder.resume_point(record, config.cont_training, config.accept_changed_settings)
+        else:
+            resume_from = newest_complete_checkpoint(output_dir) if config.cont_training else None
 
+        set_seed(args.seed)
+        net = build_model(
+            config.model.base_model_name, config.model.twist_init, parse_dtype(config.model.dtype),
+            config.model.attn_implementation, tokenizer_size=len(tokenizer), vocab_size=config.model.vocab_size,
+            trust_remote_code=config.model.trust_remote_code, allow_pickle=config.model.allow_pickle,
+        )
+        trainer = build_trainer(net, args, train_rows, val_rows, tokenizer=tokenizer, speed=speed, run_record=record)
+        if folder is not None:
+            folder.start(record, header)
         try:
-            plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=output_dir.name)
-        except ValueError as err:  # e.g. fewer steps than logging_steps: nothing was logged
-            log.info("training curves not plotted: %s", err)
-    return output_dir
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            check_finite_weights(trainer.model, f"{output_dir} (final weights)")
+            trainer.save_model(str(output_dir))
+            trainer.save_state()  # trainer_state.json (the log history) beside the final weights
+        except (OSError, RuntimeError, SafetensorError) as err:  # safetensors and torch.save report a full disk so
+            reason = disk_problem(err)
+            if reason is None:
+                raise
+            raise SlamkitError(
+                f"{output_dir}: {reason} while saving; the run stopped, its complete checkpoints are intact "
+                "(cont_training=true resumes from the newest)"
+            ) from None
+        if folder is not None:
+            from slamkit.plots import plot_training_curves
+
+            try:
+                plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=output_dir.name)
+            except ValueError as err:  # e.g. fewer steps than logging_steps: nothing was logged
+                log.info("training curves not plotted: %s", err)
+            folder.finish(record)
+    metrics = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), {})
+    return TrainResult(output_dir, trainer.state.global_step, {k: v for k, v in metrics.items() if k.startswith("eval_")})

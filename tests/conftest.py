@@ -1,4 +1,5 @@
-"""Shared fixtures: the repo root, ../shared (skipped when absent), the bundled Qwen tokenizer, script runners."""
+"""The shared fixtures: ../shared (skipped when absent), the bundled Qwen tokenizer, the tiny model, the bundled
+sample through steps 1 and 2, script runners. Plain helper functions live in helpers.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from types import ModuleType
 import helpers
 import pytest
 from helpers import REPO as REPO_ROOT
+from helpers import SAMPLE, SHARED, build_tiny_qwen3
 from helpers import SAMPLE_TOKENIZER as QWEN_TOKENIZER_DIR
-from helpers import SHARED
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +92,34 @@ def step2() -> ModuleType:
 @pytest.fixture(scope="module")
 def eval_arc() -> ModuleType:
     return helpers.load_script("example_arc/eval_arc.py")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random tiny Qwen3 (hidden 64, 2 layers, the real 151,936-row vocabulary, 1,024-token context) with the
+    bundled Qwen tokenizer, saved as a plain HF folder: the one model most tests load (never modify it)."""
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def sample_step1(tmp_path_factory) -> Path:
+    """Step-1 output of the bundled sample: arc_easy_{train,validation,test}.jsonl (400 / 100 / 200 questions)."""
+    out = tmp_path_factory.mktemp("sample_step1")
+    assert helpers.load_script("example_arc/prepare_arc_data.py").main(["--source", str(SAMPLE), "--output_dir", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_tokens(sample_step1, tmp_path_factory) -> dict[str, Path]:
+    """Step-2 token rows (with choice_ids) of the first 48 train and 16 validation sample questions, made by the
+    real step-2 script: ``{"train": path, "validation": path}``."""
+    out = tmp_path_factory.mktemp("sample_tokens")
+    step2 = helpers.load_script("example_arc/prepare_arc_tokens.py")
+    files = {}
+    for split, count in (("train", 48), ("validation", 16)):
+        lines = (sample_step1 / f"arc_easy_{split}.jsonl").read_text(encoding="utf-8").splitlines()[:count]
+        (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        files[split] = out / f"{split}_tokens.jsonl"
+        argv = ["--data_path", str(out / f"{split}.jsonl"), "--out_path", str(files[split]), "--tokenizer", str(QWEN_TOKENIZER_DIR)]
+        assert step2.main(argv) == 0
+    return files

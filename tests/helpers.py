@@ -15,20 +15,12 @@ SAMPLE = REPO / "example_arc" / "sample"
 SAMPLE_TOKENIZER = SAMPLE / "qwen_tokenizer"
 
 
-def build_tiny_qwen3(folder: Path, vocab_size: int = 151936, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """Save a random tiny Qwen3 (real vocabulary size by default) and the bundled Qwen tokenizer to ``folder``."""
-    import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+def build_tiny_qwen3(folder: Path, seed: int = 0, **config) -> Path:
+    """A random tiny Qwen3 (the library's "tiny" shape: real vocabulary, 1,024-token context unless ``config``
+    says otherwise) with the bundled Qwen tokenizer, saved to ``folder``."""
+    from slamkit.model import qwen3_config, save_random_model
 
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=hidden // 4, vocab_size=vocab_size, max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    Qwen3ForCausalLM(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(SAMPLE_TOKENIZER).save_pretrained(folder)
-    return folder
+    return save_random_model(folder, qwen3_config("tiny", **config), tokenizer_dir=SAMPLE_TOKENIZER, seed=seed)
 
 
 OFFLINE_ENV = {
@@ -57,3 +49,45 @@ def load_script(script: str) -> ModuleType:
         spec.loader.exec_module(module)
         _SCRIPTS[script] = module
     return _SCRIPTS[script]
+
+
+def sft_config(base: Path, train: Path, out: Path, val: Path | None = None, *, speed=None, cont_training: bool = False,
+               overwrite: bool = False, accept_changed_settings: bool = False, **training_args):
+    """An SFTConfig for a CPU float32 test run of ``base`` (its own tokenizer) on ``train`` into ``out``:
+    ``training_args`` on top of bf16=false, report_to=none, no tqdm (everything else transformers' defaults)."""
+    from slamkit.config import DataSettings, ModelSettings, SFTConfig, SpeedSettings
+
+    return SFTConfig(
+        model=ModelSettings(base_model_name=str(base), tokenizer_name=str(base)),
+        data=DataSettings(train_path=str(train), val_path=str(val) if val else None),
+        training_args={"output_dir": str(out), "bf16": False, "report_to": "none", "disable_tqdm": True, **training_args},
+        speed=speed or SpeedSettings(),
+        cont_training=cont_training, overwrite=overwrite, accept_changed_settings=accept_changed_settings,
+    )
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """cli/train_sft.py with ``args`` in this process, as its __main__ runs it (no seconds of imports):
+    ``(exit code, stdout, stderr)``. The logging set-up Hydra installs for the run is undone afterwards."""
+    import contextlib
+    import io
+    import logging
+
+    from slamkit.errors import run_main
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved = sys.argv, os.environ.get("HYDRA_FULL_ERROR"), root.handlers[:], root.level
+    sys.argv, os.environ["HYDRA_FULL_ERROR"] = ["cli/train_sft.py", *args], "1"
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            run_main(load_script("cli/train_sft.py").cli)
+    except SystemExit as stop:
+        return stop.code, out.getvalue(), err.getvalue()
+    finally:
+        sys.argv = saved[0]
+        if saved[1] is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        root.handlers[:] = saved[2]
+        root.setLevel(saved[3])
+    raise AssertionError("run_main always exits")

@@ -1,4 +1,5 @@
-"""The fast paths change nothing but speed: packed loss, gradients, batching and scoring equal the straightforward ones.
+"""The fast paths change nothing but speed: packed loss, gradients, batching, validation and scoring equal the
+straightforward ones. Every trainer here comes from slamkit.training.build_trainer, the one construction site.
 
 Float32 on the CPU, a tiny Qwen3 (2 layers, vocabulary 1,024) loaded through ``from_pretrained``, and
 synthetic rows shaped like ARC-Easy's (a prompt, then one answer token and ``<|im_end|>`` supervised).
@@ -15,9 +16,10 @@ from helpers import build_tiny_qwen3
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 from slamkit.chatml import IGNORE_INDEX
-from slamkit.data import PackedCollator, PaddedCollator, TokenDataset, check_token_row
+from slamkit.config import SpeedSettings, training_arguments_settings
+from slamkit.data import SFTCollator, TokenDataset, check_token_row
 from slamkit.evaluation import Question, score_questions
-from slamkit.training import SFTTrainer, SpeedSettings, training_arguments
+from slamkit.training import SFTTrainer, build_trainer, build_training_arguments
 
 VOCAB = 1024  # small for speed; every synthetic id is below it
 PAD_ID = 0
@@ -27,13 +29,15 @@ OURS = SpeedSettings()  # packed, LM head at supervised positions only, 4 × 4 r
 
 
 def synthetic_rows(count: int, seed: int = 0) -> list:
-    """``count`` checked token rows of 6..40 tokens; the first id is the row's index (to follow the sample order)."""
+    """``count`` checked token rows of 6..40 tokens; the first id is the row's index (to follow the sample order).
+    Each offers 3 to 5 "letters" (ids 10..14) and supervises one of them, then an "<|im_end|>" (id 3)."""
     rng = random.Random(seed)
     rows = []
     for index in range(count):
         prompt = [index] + [rng.randrange(100, VOCAB) for _ in range(rng.randint(4, 37))]
-        answer = [rng.randrange(10, 15), 3]  # a "letter" and an "<|im_end|>"
-        record = {"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer}
+        choices = [10, 11, 12, 13, 14][: rng.choice([3, 4, 4, 5])]
+        answer = [rng.choice(choices), 3]
+        record = {"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer, "choice_ids": choices}
         rows.append(check_token_row(record, f"synthetic row {index}", vocab_rows=VOCAB))
     return rows
 
@@ -49,16 +53,16 @@ def load_model(folder):
 
 def slamkit_args(tmp_path, speed: SpeedSettings, **overrides) -> TrainingArguments:
     """The product's TrainingArguments for the seed's 4 per device × 4 accumulation, on the CPU."""
-    kwargs = dict(
-        output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
-        per_device_train_batch_size=4, gradient_accumulation_steps=4, seed=42, disable_tqdm=True,
-    )
-    return training_arguments({**kwargs, **overrides}, speed, has_validation=False)
+    settings = training_arguments_settings(**{
+        "output_dir": str(tmp_path / "run"), "report_to": "none", "save_strategy": "no", "eval_strategy": "no",
+        "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4, "seed": 42, "disable_tqdm": True,
+        **overrides,
+    })
+    return build_training_arguments(settings, speed, has_validation="eval_strategy" in overrides)
 
 
-def make_trainer(model, args: TrainingArguments, rows, speed: SpeedSettings) -> SFTTrainer:
-    collator = PackedCollator() if speed.packing else PaddedCollator(PAD_ID)
-    return SFTTrainer(model=model, args=args, train_dataset=TokenDataset(rows), data_collator=collator)
+def make_trainer(model, args: TrainingArguments, rows, speed: SpeedSettings, val_rows=None) -> SFTTrainer:
+    return build_trainer(model, args, rows, val_rows, speed=speed)
 
 
 def features(rows) -> list[dict]:
@@ -77,13 +81,14 @@ def test_packed_loss_and_gradients_equal_padded_full_logits(tiny_model_dir, tmp_
     batch = features(synthetic_rows(16))
     trainer = make_trainer(model, slamkit_args(tmp_path, OURS), [], OURS)
 
-    reference = model(**PaddedCollator(PAD_ID)(batch), use_cache=False).loss
+    reference = model(**SFTCollator(packing=False, pad_id=PAD_ID)(batch), use_cache=False).loss
     reference.backward()
     reference_grads = gradients(model)
     model.zero_grad(set_to_none=True)
 
-    packed = PackedCollator()(batch)
-    assert packed["logits_positions"].numel() == 2 * 16  # the LM head runs at 2 positions per row, not ~25
+    packed = SFTCollator(packing=True)(batch)
+    assert packed["input_ids"].shape[0] == 1  # one padding-free row
+    assert int((packed["labels"][0, 1:] != IGNORE_INDEX).sum()) == 2 * 16  # the LM head runs at 2 positions per row
     ours = trainer.compute_loss(model, packed)
     ours.backward()
     our_grads = gradients(model)
@@ -181,3 +186,26 @@ def test_fast_scoring_equals_full_logits_scoring(tiny_model_dir):
         assert [p.pred for p in fast] == [p.pred for p in slow]
         for a, b in zip(fast, slow, strict=True):
             assert a.probs == pytest.approx(b.probs, abs=1e-5)
+
+
+def test_one_validation_pass_gives_the_loss_and_the_accuracy_of_the_two_straightforward_passes(tiny_model_dir, tmp_path):
+    """trainer.evaluate() on the packed path gives eval_loss equal (rtol 1e-5) to the padded, full-logits path's,
+    and eval_accuracy equal to categorical scoring (score_questions, fast=False) of the same rows' prompts: one
+    forward pass where there used to be two."""
+    model = load_model(tiny_model_dir)
+    rows = synthetic_rows(ROWS, seed=3)
+    settings = dict(eval_strategy="epoch", per_device_eval_batch_size=16)
+    ours = make_trainer(model, slamkit_args(tmp_path, OURS, **settings), rows, OURS, val_rows=rows).evaluate()
+    reference = make_trainer(model, slamkit_args(tmp_path, REFERENCE, **settings), rows, REFERENCE, val_rows=rows).evaluate()
+    assert ours["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-5)
+
+    questions = [
+        Question(id=str(i), prompt_ids=row.input_ids[: row.prompt_length], choice_ids=row.choice_ids,
+                 gold=row.choice_ids.index(row.input_ids[row.prompt_length]))
+        for i, row in enumerate(rows)
+    ]
+    scored = score_questions(model, questions, batch_size=8, progress=False, fast=False)
+    correct = sum(p.correct for p in scored)
+    assert 0 < correct < ROWS  # a random model: neither all nor none, so the comparison means something
+    assert (ours["eval_correct"], ours["eval_questions"]) == (reference["eval_correct"], reference["eval_questions"]) == (correct, ROWS)
+    assert ours["eval_accuracy"] == correct / ROWS

@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from helpers import SAMPLE_TOKENIZER, build_tiny_qwen3, run_script
+from helpers import SAMPLE_TOKENIZER, run_cli
 
 ORDINALS = ["first", "second", "third", "fourth"]
 WORDS = (
@@ -31,7 +31,7 @@ def synthetic_split(count: int, seed: int, prefix: str) -> list[dict]:
     return records
 
 
-def test_tiny_model_learns_a_synthetic_task_through_the_four_steps(tmp_path: Path, load_script, capsys):
+def test_tiny_model_learns_a_synthetic_task_through_the_four_steps(tiny_model, tmp_path: Path, load_script, capsys):
     """prepare_arc_data -> prepare_arc_tokens -> cli/train_sft.py -> eval_arc.py reaches >= 90% on 100 held-out
     questions (new word combinations) after 4 epochs of 320 examples (80 steps)."""
     source = tmp_path / "source"
@@ -47,14 +47,13 @@ def test_tiny_model_learns_a_synthetic_task_through_the_four_steps(tmp_path: Pat
             "--data_path", str(data / f"arc_easy_{split}.jsonl"), "--out_path", str(data / f"{split}_tokens.jsonl"),
             "--tokenizer", str(SAMPLE_TOKENIZER),
         ]) == 0
-    base = build_tiny_qwen3(tmp_path / "base")
-    done = run_script(
-        "cli/train_sft.py", f"data.train_path={data / 'train_tokens.jsonl'}",
-        f"data.val_path={data / 'validation_tokens.jsonl'}", f"training_args.output_dir={tmp_path / 'model'}",
-        f"model.base_model_name={base}", "training_args.num_train_epochs=4", "training_args.learning_rate=3e-3",
-        "training_args.bf16=false", "training_args.save_strategy=no", "training_args.eval_strategy=no",
+    code, out, err = run_cli(
+        f"data.train_path={data / 'train_tokens.jsonl'}", f"data.val_path={data / 'validation_tokens.jsonl'}",
+        f"training_args.output_dir={tmp_path / 'model'}", f"model.base_model_name={tiny_model}",
+        "training_args.num_train_epochs=4", "training_args.learning_rate=3e-3", "training_args.bf16=false",
+        "training_args.save_strategy=no", "training_args.eval_strategy=no",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert code == 0, (out + err)[-3000:]
     capsys.readouterr()
     code = load_script("example_arc/eval_arc.py").main([
         "--model_path", str(tmp_path / "model"), "--data_path", str(data / "arc_easy_test.jsonl"),

@@ -148,7 +148,7 @@ def test_missing_split_file_exits_2_naming_it(run_script, sample_dir, tmp_path):
     result = run_script(SCRIPT, "--source", source, "--output_dir", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"error: {source}: no validation file (expected a .jsonl or .parquet file whose name contains 'validation')"
+        f"error: {source}: no validation file (expected a .jsonl or .parquet file with 'validation' as a word of its name, e.g. ARC-Easy-validation.jsonl)"
     ]
     assert not (tmp_path / "out").exists()
 

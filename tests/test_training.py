@@ -1,77 +1,39 @@
-"""Step 3: configs compose, training writes plain HF checkpoints, TWIST really loads the base weights."""
+"""Step 3: configs compose, training writes plain HF checkpoints, TWIST really loads the base weights, multi-process
+runs train the steps they announce."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import REPO, SAMPLE, SAMPLE_TOKENIZER, build_tiny_qwen3, run_script
+from helpers import REPO, load_script, run_script, sft_config
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from slamkit.chatml import encode_examples
-from slamkit.jsonl import write_jsonl
-from slamkit.model import build_model
-from slamkit.training import (
-    DataSettings,
-    ModelSettings,
-    SpeedSettings,
-    train,
-    training_arguments,
-)
+from slamkit.chatml import IGNORE_INDEX
+from slamkit.config import SFTConfig
+from slamkit.data import TokenRow
+from slamkit.errors import SlamkitError
+from slamkit.model import build_model, load_causal_lm
+from slamkit.training import batch_plan, build_trainer, build_training_arguments, train
 
 CONFIG_DIR = str(REPO / "config")
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> Path:
-    return build_tiny_qwen3(tmp_path_factory.mktemp("base"))
-
-
-@pytest.fixture(scope="module")
-def token_files(tmp_path_factory) -> dict[str, Path]:
-    """Step-2 rows of the bundled sample (first 48 train, 16 validation), with choice_ids."""
-    from slamkit.arc import conversation_from_record
-    from slamkit.jsonl import read_jsonl
-
-    tokenizer = AutoTokenizer.from_pretrained(SAMPLE_TOKENIZER)
-    folder = tmp_path_factory.mktemp("tokens")
-    files = {}
-    for split, count in (("train", 48), ("validation", 16)):
-        records = [conversation_from_record(r, f"{split}:{n}") for n, r in read_jsonl(SAMPLE / f"ARC-Easy-{split}.jsonl")][:count]
-        encoded = encode_examples(tokenizer, [c.user_text for c in records], [c.assistant_text for c in records])
-        letter = {x: tokenizer.convert_tokens_to_ids(x) for x in "ABCDE"}
-        rows = [
-            {"id": c.id, "input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids),
-             "choice_ids": [letter[x] for x in c.choice_labels]}
-            for c, e in zip(records, encoded)
-        ]
-        files[split] = folder / f"{split}_tokens.jsonl"
-        write_jsonl(files[split], rows)
-    return files
-
-
-def run_train(base: Path, files: dict, out: Path, **overrides) -> Path:
-    """train() on the tiny model in float32 on CPU with a few steps."""
-    args = {
-        "output_dir": str(out), "num_train_epochs": 1, "per_device_train_batch_size": 4,
-        "gradient_accumulation_steps": 4, "learning_rate": 1e-3, "bf16": False, "eval_strategy": "no",
-        "save_strategy": "epoch", "save_only_model": True, "logging_steps": 1, "report_to": "none", "seed": 0,
-    }
-    model_overrides = {k[6:]: overrides.pop(k) for k in list(overrides) if k.startswith("model_")}
-    args.update(overrides)
-    return train(
-        ModelSettings(base_model_name=str(base), tokenizer_name=str(base), **model_overrides),
-        DataSettings(train_path=str(files["train"]), val_path=str(files["validation"])),
-        args,
-        SpeedSettings(),
-        run_config={"training_args": args},
-    )
+def compose_config(*overrides: str) -> SFTConfig:
+    """config/train_sft.yaml composed as cli/train_sft.py composes it (schema registered by importing the script)."""
+    load_script("cli/train_sft.py")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return OmegaConf.to_object(compose("train_sft", overrides=list(overrides)))
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -80,125 +42,157 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("logger", ["print", "tensorboard", "wandb"])
 def test_every_shipped_config_composes_into_training_arguments(logger, monkeypatch):
-    """Each logger choice composes with the default groups, and its training_args build TrainingArguments
-    (the logger's package counted as installed: its absence is the next test's subject)."""
+    """Each logger choice composes against the schema with the default groups into an SFTConfig whose
+    training_args build TrainingArguments (the logger's package counted as installed)."""
     monkeypatch.setattr("slamkit.training._integration_available", lambda name: True)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train_sft", overrides=[f"logger={logger}"])
-    from omegaconf import OmegaConf
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert resolved["model"]["tokenizer_name"] == resolved["model"]["base_model_name"] == "Qwen/Qwen3-0.6B"
-    args = training_arguments(resolved["training_args"], SpeedSettings(**resolved["speed"]), has_validation=True)
+    config = compose_config(f"logger={logger}")
+    assert config.model.tokenizer_name == config.model.base_model_name == "Qwen/Qwen3-0.6B"
+    args = build_training_arguments(config.training_args, config.speed, has_validation=True)
     assert args.report_to == ([] if logger == "print" else [logger])
-    # The seed's 4 x 4 runs as one micro-batch of 16; 2,251 / 16 -> 141 steps per epoch -> checkpoint-423.
-    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 1)
-    assert 3 * math.ceil(2251 / 16) == 423
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 1)  # the seed's 4 x 4, as one
     assert args.save_only_model and args.warmup_steps == 0.03 and args.lr_scheduler_type == "cosine"
+    assert args.max_grad_norm == 1.0  # an unlisted field keeps transformers' own default
 
 
-def test_seed_training_command_writes_checkpoints_that_load_with_auto_classes(tiny_base, token_files, tmp_path):
+def test_the_seed_settings_make_141_steps_per_epoch_and_end_at_checkpoint_423(tiny_model):
+    """With the shipped config and 2,251 rows the announced plan is 141 steps per epoch and 423 in all, and the
+    Trainer's own count agrees; on 2 processes the plan is 71 per epoch (2,251 / 32)."""
+    config = compose_config("training_args.eval_strategy=no")
+    args = build_training_arguments(config.training_args, config.speed, has_validation=False)
+    rows = [TokenRow(input_ids=[1, 2, 3], labels=[IGNORE_INDEX, 2, 3]) for _ in range(2251)]
+    plan = batch_plan(args, config.training_args, len(rows))
+    assert (plan.global_batch, plan.steps_per_epoch, plan.total_steps) == (16, 141, 423)
+    assert plan.describe().startswith("batch: 4 per device x 4 accumulation x 1 process = 16 sequences per optimizer")
+    trainer = build_trainer(load_causal_lm(str(tiny_model)), args, rows)
+    _, per_epoch, _, _, _, _, max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())
+    assert (per_epoch, max_steps) == (141, 423)
+    two = dataclasses.replace(plan, world_size=2)
+    assert (two.global_batch, two.steps_per_epoch, two.total_steps) == (32, 71, 213)
+
+
+def test_seed_training_command_writes_checkpoints_that_load_with_auto_classes(tiny_model, sample_tokens, tmp_path):
     """The seed's cli/train_sft.py command (local tiny base model) writes checkpoint-N folders and a final folder
-    that AutoModelForCausalLM / AutoTokenizer load, each holding the resolved run config."""
+    that AutoModelForCausalLM / AutoTokenizer load, each with the run record; the folder also holds
+    trainer_state.json, training_curves.png and train_sft.log with the logged metrics, readable by the group."""
     out = tmp_path / "arc_model"
     done = run_script(
         "cli/train_sft.py",
-        f"data.train_path={token_files['train']}", f"data.val_path={token_files['validation']}",
+        f"data.train_path={sample_tokens['train']}", f"data.val_path={sample_tokens['validation']}",
         f"training_args.output_dir={out}", "training_args.num_train_epochs=2",
         "training_args.per_device_train_batch_size=4", "training_args.gradient_accumulation_steps=4",
         "training_args.learning_rate=2e-5", "training_args.save_strategy=epoch", "training_args.eval_strategy=epoch",
-        "training_args.logging_steps=10", f"model.base_model_name={tiny_base}",
+        "training_args.logging_steps=1", f"model.base_model_name={tiny_model}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "no CUDA device, training on CPU in bf16 autocast" in done.stdout + done.stderr
-    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
-    assert checkpoints == ["checkpoint-3", "checkpoint-6"]  # 48 rows / 16 per step = 3 steps per epoch
+    printed = done.stdout + done.stderr
+    assert "no CUDA device, training on CPU in bf16 autocast" in printed
+    assert "48 training rows -> 3 steps per epoch, 6 steps in all (the last checkpoint is checkpoint-6)" in printed
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     for folder in [out / "checkpoint-3", out / "checkpoint-6", out]:
         model = AutoModelForCausalLM.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
         assert model.get_input_embeddings().weight.shape[0] == 151936
-        assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 151645
+        assert AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("<|im_end|>") == 151645
         record = yaml.safe_load((folder / "slamkit_run.yaml").read_text())
-        assert record["training_args"]["output_dir"] == str(out)
-        assert record["model"]["base_model_name"] == str(tiny_base)
+        assert record["config"]["training_args"]["output_dir"] == str(out)
+        assert record["config"]["model"]["base_model_name"] == str(tiny_model)
+        assert record["effective"]["per_device_train_batch_size"] == 16  # what ran, beside the requested 4 x 4
+        assert record["config"]["training_args"]["per_device_train_batch_size"] == 4
         assert not (folder / "optimizer.pt").exists()  # save_only_model: no optimizer state
-    assert (out / ".hydra" / "config.yaml").is_file()  # Hydra's run dir is the output dir
-    assert (out / "training_curves.png").is_file()
+        weights = (folder / "model.safetensors").stat().st_mode
+        assert stat.S_IMODE(weights) & 0o044 == 0o044  # readable by group and others (umask 022)
+    assert yaml.safe_load((out / "slamkit_run.yaml").read_text())["status"] == "complete"
+    assert not (out / ".hydra").exists() and (out / "training_curves.png").is_file()
     state = yaml.safe_load((out / "trainer_state.json").read_text())
-    assert [e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e]  # validation accuracy reported
+    evaluations = [e for e in state["log_history"] if "eval_loss" in e]
+    assert [e["eval_questions"] for e in evaluations] == [16, 16]  # eval_accuracy from the same pass as eval_loss
+    assert all(e["eval_accuracy"] == e["eval_correct"] / 16 for e in evaluations)
+    log = (out / "train_sft.log").read_text()
+    assert "'loss':" in log and "'learning_rate':" in log and "'eval_loss':" in log and "'eval_accuracy':" in log
+    assert "6 steps in all" in log  # the run's first lines are in the log too
 
 
-def test_zero_learning_rate_keeps_the_twist_weights_exactly(tiny_base, token_files, tmp_path):
+def test_zero_learning_rate_keeps_the_twist_weights_exactly(tiny_model, sample_tokens, tmp_path):
     """With learning_rate=0 every trained tensor equals the base model's (TWIST loaded them)."""
-    out = run_train(tiny_base, token_files, tmp_path / "lr0", learning_rate=0.0)
-    base, trained = tensors(tiny_base), tensors(out)
+    result = train(sft_config(tiny_model, sample_tokens["train"], tmp_path / "lr0", num_train_epochs=1, learning_rate=0.0))
+    base, trained = tensors(tiny_model), tensors(result.output_dir)
     assert base.keys() == trained.keys()
     assert all(torch.equal(base[k], trained[k]) for k in base)
 
 
-def test_positive_learning_rate_changes_every_trained_tensor(tiny_base, token_files, tmp_path):
+def test_positive_learning_rate_changes_every_trained_tensor(tiny_model, sample_tokens, tmp_path):
     """With a positive learning rate every saved tensor moves away from the base model's."""
-    out = run_train(tiny_base, token_files, tmp_path / "lr", learning_rate=1e-3)
-    base, trained = tensors(tiny_base), tensors(out)
+    result = train(sft_config(tiny_model, sample_tokens["train"], tmp_path / "lr", num_train_epochs=1, learning_rate=1e-3))
+    base, trained = tensors(tiny_model), tensors(result.output_dir)
     assert sorted(k for k in base if torch.equal(base[k], trained[k])) == []
 
 
-def test_twist_init_false_starts_from_random_weights(tiny_base):
+def test_twist_init_false_starts_from_random_weights(tiny_model):
     """twist_init=false builds the same architecture with weights that differ from the pretrained ones."""
-    pretrained = build_model(str(tiny_base), True, torch.float32, "sdpa", tokenizer_size=151646)
-    scratch = build_model(str(tiny_base), False, torch.float32, "sdpa", tokenizer_size=151646)
+    pretrained = build_model(str(tiny_model), True, torch.float32, "sdpa", tokenizer_size=151646)
+    scratch = build_model(str(tiny_model), False, torch.float32, "sdpa", tokenizer_size=151646)
     a, b = pretrained.state_dict(), scratch.state_dict()
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     assert not torch.equal(a["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
     assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], b["model.layers.0.mlp.up_proj.weight"])
 
 
-def test_embedding_table_grows_only_when_asked_or_needed(tiny_base, caplog):
+def test_embedding_table_grows_only_when_asked_or_needed(tiny_model, caplog):
     """The table keeps its 151,936 rows for the 151,646-token tokenizer; vocab_size=152,000 grows it (mean
     resizing) and keeps the old rows; a vocab_size below the table is an error."""
     import logging
 
-    from slamkit.errors import SlamkitError
-
-    kept = build_model(str(tiny_base), True, torch.float32, "sdpa", tokenizer_size=151646)
+    kept = build_model(str(tiny_model), True, torch.float32, "sdpa", tokenizer_size=151646)
     assert kept.get_input_embeddings().weight.shape[0] == 151936
     with caplog.at_level(logging.INFO, logger="slamkit"):
-        grown = build_model(str(tiny_base), True, torch.float32, "sdpa", tokenizer_size=151646, vocab_size=152000)
+        grown = build_model(str(tiny_model), True, torch.float32, "sdpa", tokenizer_size=151646, vocab_size=152000)
     assert grown.get_input_embeddings().weight.shape[0] == 152000
     assert torch.equal(grown.get_input_embeddings().weight[:151936], kept.get_input_embeddings().weight)
     assert "grown from 151936 to 152000 rows" in caplog.text
     with pytest.raises(SlamkitError, match="never shrunk"):
-        build_model(str(tiny_base), True, torch.float32, "sdpa", tokenizer_size=151646, vocab_size=151700)
+        build_model(str(tiny_model), True, torch.float32, "sdpa", tokenizer_size=151646, vocab_size=151700)
 
 
-def test_two_process_gloo_run_finishes(tiny_base, token_files, tmp_path):
-    """torchrun --nproc_per_node=2 on CPU (gloo) trains and writes the final folder once."""
-    import subprocess
-    import sys
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
 
-    out = tmp_path / "ddp"
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_process_cpu_run_trains_the_announced_steps(launcher, tiny_model, sample_tokens, tmp_path):
+    """torchrun --nproc_per_node=2 and accelerate launch --multi_gpu --num_processes 2 (gloo on CPU) each start two
+    processes that train 48 rows in 2 steps (4 x 4 x 2 = 32 per step), as the first lines announce, and write
+    the final folder once, with weights that load."""
+    out = tmp_path / launcher
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(REPO / "cli/train_sft.py"),
-         f"data.train_path={token_files['train']}", f"data.val_path={token_files['validation']}",
+        [*LAUNCHERS[launcher], str(REPO / "cli/train_sft.py"),
+         f"data.train_path={sample_tokens['train']}", f"data.val_path={sample_tokens['validation']}",
          f"training_args.output_dir={out}", "training_args.num_train_epochs=1", "training_args.bf16=false",
-         "training_args.eval_strategy=no", f"model.base_model_name={tiny_base}"],
+         "training_args.eval_strategy=no", f"model.base_model_name={tiny_model}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"},
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]  # 48 rows / (16 x 2 ranks) -> 2 steps
-    assert AutoModelForCausalLM.from_pretrained(out) is not None
-    assert done.stdout.count("data: 48 training rows") + done.stderr.count("data: 48 training rows") == 1  # rank 0 only
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-3000:]
+    assert printed.count("batch: 4 per device x 4 accumulation x 2 processes = 32 sequences per optimizer step") == 1
+    assert "48 training rows -> 2 steps per epoch, 2 steps in all" in printed
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    state = yaml.safe_load((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert tensors(out).keys() == tensors(tiny_model).keys()
+    assert yaml.safe_load((out / "slamkit_run.yaml").read_text())["effective"]["world_size"] == 2
 
 
-def test_logger_without_its_package_is_a_one_line_error():
-    """logger=tensorboard / wandb without the package installed fails when the arguments are built, naming it."""
-    from transformers import integrations
+def test_logger_without_its_package_is_a_one_line_error(monkeypatch, tmp_path):
+    """logger=tensorboard / wandb fails when the arguments are built if the package is missing, naming it, and
+    builds the arguments when it is installed."""
+    from slamkit.config import SpeedSettings, training_arguments_settings
 
-    from slamkit.errors import SlamkitError
-
-    for name, available in (("tensorboard", integrations.is_tensorboard_available()), ("wandb", integrations.is_wandb_available())):
-        if available:
-            continue
-        with pytest.raises(SlamkitError, match=f"logger={name} .* pip install {name}"):
-            training_arguments({"output_dir": "x", "report_to": [name]}, SpeedSettings(), has_validation=False)
+    for name in ("tensorboard", "wandb"):
+        settings = training_arguments_settings(output_dir=str(tmp_path), report_to=[name])
+        monkeypatch.setattr("slamkit.training._integration_available", lambda _: False)
+        with pytest.raises(SlamkitError, match=f"^logger={name} .* pip install {name}$"):
+            build_training_arguments(settings, SpeedSettings(), has_validation=False)
+        monkeypatch.setattr("slamkit.training._integration_available", lambda _: True)
+        assert build_training_arguments(settings, SpeedSettings(), has_validation=False).report_to == [name]

@@ -1,0 +1,392 @@
+"""The run folder is the record: one run per folder, complete checkpoints recognisable, and the final weights,
+``trainer_state.json`` and the run record (``slamkit_run.yaml``) always from the same run.
+
+- A lock (``.slamkit.lock``, ``flock``) is held for the whole run: a second run into the folder fails at once,
+  naming the process that holds it. The kernel drops the lock of a killed process, so it never blocks for ever.
+- A folder that holds another run is refused unless the new run resumes it (``cont_training``, with the
+  settings that matter compared) or replaces it (``overwrite``); a folder with anything else in it is refused.
+- A checkpoint is complete when its ``trainer_state.json`` parses and names its step: the Trainer writes that
+  file after the weights and optimizer state and before it deletes older checkpoints, so a folder cut short at
+  any point is recognised, and a complete one is never mistaken for a partial one.
+- The record in the output folder says ``status: running`` from the start until the final weights and
+  ``trainer_state.json`` are written, then ``complete``; ``failed`` (with the error) if the run stopped on an
+  error; a ``running`` record whose lock is free belongs to a run that was killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slamkit.errors import SlamkitError
+from slamkit.jsonl import atomic_output, readable_mode
+
+log = logging.getLogger(__name__)
+
+RUN_RECORD = "slamkit_run.yaml"  # the run record, beside the weights of every checkpoint and of the output folder
+LOCK_FILE = ".slamkit.lock"
+LOG_FILE = "train_sft.log"
+TRAINER_STATE = "trainer_state.json"
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+RESUME_STATE = ("optimizer.pt", "scheduler.pt")  # what resuming needs beside the weights (torch.save zip files)
+
+# Settings that must match to resume a run (dotted paths in the record); others (logging, saving, eval) may change.
+RESUME_KEYS = (
+    "config.model.base_model_name", "config.model.tokenizer_name", "config.model.twist_init", "config.model.dtype",
+    "config.model.vocab_size", "config.data.train_path", "config.data.val_path", "config.data.max_train_examples",
+    "config.data.max_val_examples", "data.train.sha256", "data.validation.sha256",
+    "config.training_args.seed", "config.training_args.learning_rate", "config.training_args.lr_scheduler_type",
+    "config.training_args.warmup_steps", "config.training_args.weight_decay", "config.training_args.num_train_epochs",
+    "config.training_args.max_steps", "config.training_args.optim", "config.training_args.max_grad_norm",
+    "config.training_args.label_smoothing_factor", "effective.global_batch",
+)
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The run record of ``folder``, or None when it has none (or an unreadable one)."""
+    try:
+        record = yaml.safe_load((folder / RUN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> None:
+    with atomic_output(folder / RUN_RECORD) as handle:
+        yaml.safe_dump(record, handle, sort_keys=False)
+
+
+def files_sha256(paths: Sequence[Path]) -> str:
+    """One digest over the bytes of ``paths``, in order (the data a run trained on)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_present(folder: Path) -> bool:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError):
+            return False
+        return all((folder / shard).is_file() for shard in shards)
+    return any((folder / name).is_file() for name in WEIGHTS)
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    match = CHECKPOINT_NAME.fullmatch(folder.name)
+    return int(match[1]) if match else None
+
+
+def checkpoint_is_complete(folder: Path) -> bool:
+    """True when ``folder`` is a ``checkpoint-N`` whose trainer_state.json (written last) parses and says step N."""
+    step = checkpoint_step(folder)
+    try:
+        state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return step is not None and isinstance(state, dict) and state.get("global_step") == step and _weights_present(folder)
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``output_dir``, oldest step first."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
+
+
+def newest_complete_checkpoint(output_dir: Path) -> Path | None:
+    complete = [p for p in checkpoints(output_dir) if checkpoint_is_complete(p)]
+    return complete[-1] if complete else None
+
+
+def check_run_finished(folder: Path) -> None:
+    """Refuse to evaluate weights that a run had not finished writing: a ``checkpoint-N`` cut short, or an output
+    folder whose record does not say ``complete``. Folders that are not slamkit runs pass."""
+    if not folder.is_dir():
+        return
+    record = read_record(folder)
+    if checkpoint_step(folder) is not None and record is not None:
+        if not checkpoint_is_complete(folder):
+            raise SlamkitError(
+                f"{folder}: an incomplete checkpoint (the run stopped while saving it); evaluate an earlier checkpoint"
+            )
+        return
+    status = record.get("status") if record else None
+    if status not in (None, "complete"):
+        raise SlamkitError(
+            f"{folder}: the run that writes this folder has not finished (status {status}{': ' + record['error'] if record.get('error') else ''}); "
+            "its final weights may be missing or partial: evaluate one of its checkpoint-N folders"
+        )
+
+
+def make_readable(root: Path) -> None:
+    """Give ``root`` and everything under it the permissions the umask allows (transformers 5.24 writes
+    model.safetensors as 0600 whatever the umask, so teammates could not read the weights)."""
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if path.is_symlink():
+            continue
+        with contextlib.suppress(OSError):  # a file we do not own: leave it as it is
+            os.chmod(path, readable_mode(directory=path.is_dir()))
+
+
+def _get(record: dict[str, Any] | None, dotted: str) -> Any:
+    node: Any = record
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each setting of :data:`RESUME_KEYS` that differs between two run records."""
+    changes = []
+    for key in RESUME_KEYS:
+        before, after = _get(old, key), _get(new, key)
+        if before != after:
+            shown = key.removeprefix("config.")
+            if key.endswith("sha256"):
+                changes.append(f"{shown.removesuffix('.sha256')} file contents")
+            else:
+                changes.append(f"{shown}: {before!r} -> {after!r}")
+    return changes
+
+
+def _describe(entries: list[Path]) -> str:
+    """What a folder holds, the run's landmarks first: ``checkpoint-3/, checkpoint-6/, model.safetensors, ...``."""
+    landmarks = [*WEIGHTS, RUN_RECORD, TRAINER_STATE]
+
+    def order(path: Path) -> tuple:
+        step = checkpoint_step(path)
+        if step is not None:
+            return (0, step, "")
+        return (1, landmarks.index(path.name), "") if path.name in landmarks else (2, 0, path.name)
+
+    names = [p.name + ("/" if p.is_dir() else "") for p in sorted(entries, key=order)]
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+class RunFolder:
+    """``training_args.output_dir`` held by one run (the main process only).
+
+    Use as a context manager around the whole run: :meth:`claim` decides what the run does with the folder
+    (start, resume or replace) before anything is loaded; :meth:`start` marks it running once the weights
+    are loaded; :meth:`finish` marks it complete. A run that fails before :meth:`start` leaves the folder as it
+    found it (a folder it created is removed again).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.created: Path | None = None
+        self.started = False
+        self._lock: int | None = None
+        self._lock_existed = False
+        self._replace: list[Path] = []  # what overwrite=true deletes when the run starts
+        self._stale: list[Path] = []  # incomplete checkpoints a resumed run deletes when it starts
+        self._handler: logging.Handler | None = None
+        self._levels: dict[str, int] = {}
+        self.previous: dict[str, Any] | None = None  # the record of the run found in the folder
+
+    # ---------------------------------------------------------------- lock
+
+    def __enter__(self) -> RunFolder:
+        try:
+            missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
+            self.created = missing[-1] if missing else None  # the outermost folder this run creates
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock_existed = (self.path / LOCK_FILE).exists()
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, readable_mode(directory=False))
+        except OSError as err:
+            raise SlamkitError(f"{self.path}: cannot use as training_args.output_dir ({err.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise SlamkitError(
+                f"{self.path}: in use by another run ({holder}); wait for it to finish or choose another "
+                "training_args.output_dir"
+            ) from None
+        if os.fstat(fd).st_ino != os.stat(self.path / LOCK_FILE).st_ino:  # the lock file was replaced meanwhile
+            os.close(fd)
+            raise SlamkitError(f"{self.path}: in use by another run (it just started); choose another output_dir")
+        self._lock = fd
+        return self
+
+    def _hold(self) -> None:
+        """Say in the lock file who holds the folder (what a second run's error names)."""
+        holder = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.ftruncate(self._lock, 0)
+        os.pwrite(self._lock, holder.encode() + b"\n", 0)
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if error is not None and self.started:
+                self._mark_failed(error)
+            if error is not None and not self.started:
+                self._leave_as_found()
+        finally:
+            self._detach_log()
+            if self._lock is not None:
+                os.close(self._lock)  # releases the flock
+                self._lock = None
+
+    def _leave_as_found(self) -> None:
+        """A run that never started: remove the lock file it created, and the folders it created (when empty)."""
+        if not self._lock_existed:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path / LOCK_FILE)
+        if self.created is not None:
+            for folder in [self.path, *self.path.parents]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+                if folder == self.created:
+                    break
+
+    # ---------------------------------------------------------------- decide
+
+    def claim(self, cont_training: bool, overwrite: bool) -> None:
+        """Decide, from what the folder holds, whether this run may use it; before anything is loaded.
+
+        An empty folder is this run's. A folder holding another run needs ``cont_training`` (resume it) or
+        ``overwrite`` (replace it when this run starts); a folder holding anything else is refused.
+        """
+        entries = [p for p in self.path.iterdir() if p.name != LOCK_FILE]
+        if not entries:
+            self._hold()
+            return
+        self.previous = read_record(self.path)
+        is_run = (
+            self.previous is not None or any(checkpoint_step(p) is not None for p in entries) or _weights_present(self.path)
+        )
+        if not is_run:
+            raise SlamkitError(
+                f"{self.path}: not empty and not a slamkit run folder ({_describe(entries)}); "
+                "choose a new or empty training_args.output_dir"
+            )
+        if not (overwrite or cont_training):
+            status = self.previous.get("status") if self.previous else None
+            status = {None: "", "running": "; it stopped before finishing"}.get(status, f"; status {status}")
+            raise SlamkitError(
+                f"{self.path}: already holds a run ({_describe(entries)}{status}); resume it with "
+                "cont_training=true, write to another training_args.output_dir, or replace it with overwrite=true"
+            )
+        if overwrite:
+            self._replace = entries
+            log.info("overwrite=true: the run in %s (%s) is deleted when this run starts", self.path, _describe(entries))
+        self._hold()
+
+    def resume_point(self, record: dict[str, Any], cont_training: bool, accept_changed_settings: bool) -> Path | None:
+        """The checkpoint to resume from (None: start from the beginning); still before the weights are loaded.
+
+        A resume whose settings that matter differ from the folder's record is refused unless
+        ``accept_changed_settings``, and so is a checkpoint whose optimizer state is missing or damaged.
+        """
+        if not cont_training:
+            return None
+        if self.previous is not None and not accept_changed_settings:
+            changes = changed_settings(self.previous, record)
+            if changes:
+                raise SlamkitError(
+                    f"{self.path}: cont_training=true, but this run's settings differ from the run in the folder "
+                    f"({'; '.join(changes)}); resume with the same settings, or set accept_changed_settings=true"
+                )
+        resume = newest_complete_checkpoint(self.path)
+        newer = [p for p in checkpoints(self.path) if resume is None or checkpoint_step(p) > checkpoint_step(resume)]
+        self._stale = [p for p in newer if not checkpoint_is_complete(p)]
+        if resume is None:
+            log.info("cont_training: no complete checkpoint in %s yet, starting from the beginning", self.path)
+            return None
+        if any(not (resume / name).is_file() for name in RESUME_STATE):
+            raise SlamkitError(
+                f"{resume}: no optimizer state to resume from (saved with save_only_model=true); "
+                "train with training_args.save_only_model=false to be able to resume"
+            )
+        for name in RESUME_STATE:
+            try:
+                with zipfile.ZipFile(resume / name):  # torch.save writes a zip archive; a cut one has no directory
+                    pass
+            except (OSError, zipfile.BadZipFile):
+                raise SlamkitError(
+                    f"{resume / name}: damaged (truncated or overwritten), cannot resume from {resume.name}; "
+                    f"delete {resume} to resume from the checkpoint before it, or start again with overwrite=true"
+                ) from None
+        log.info("cont_training: resuming from %s", resume)
+        return resume
+
+    # ---------------------------------------------------------------- run
+
+    def start(self, record: dict[str, Any], header: Sequence[str] = ()) -> None:
+        """The run really starts (weights loaded): replace the old run if asked, mark the folder running, and log
+        to ``train_sft.log`` from here on, starting with ``header`` (the lines the run printed before)."""
+        for path in self._replace:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        for path in self._stale:
+            log.warning("cont_training: deleting %s: incomplete (the run stopped while saving it)", path)
+            shutil.rmtree(path)
+        write_record(self.path, {**record, "status": "running"})
+        self.started = True
+        self._attach_log()
+        for line in header:  # into the file only: the console has shown them already
+            self._handler.handle(logging.makeLogRecord({"name": "slamkit", "levelno": logging.INFO, "levelname": "INFO", "msg": line}))
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """The final weights and trainer_state.json are written: the record says so, last."""
+        make_readable(self.path)
+        write_record(self.path, {**record, "status": "complete", "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def _mark_failed(self, error: BaseException) -> None:
+        record = read_record(self.path) or {}
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        with contextlib.suppress(OSError, SlamkitError):  # e.g. the disk is full: the record stays "running"
+            write_record(self.path, {**record, "status": "failed", "error": reason})
+
+    def _attach_log(self) -> None:
+        """Everything slamkit logs during the run, the metrics included, also goes to ``train_sft.log``."""
+        handler = logging.FileHandler(self.path / LOG_FILE, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        for name in ("slamkit", METRICS_LOGGER):
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+            self._levels[name] = logger.level
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+        self._handler = handler
+
+    def _detach_log(self) -> None:
+        if self._handler is not None:
+            for name in ("slamkit", METRICS_LOGGER):
+                logging.getLogger(name).removeHandler(self._handler)
+                logging.getLogger(name).setLevel(self._levels.pop(name))
+            self._handler.close()
+            self._handler = None
+
+
+METRICS_LOGGER = "slamkit.metrics"  # the Trainer's logged metrics: written to train_sft.log, not to the console
+logging.getLogger(METRICS_LOGGER).propagate = False  # the console already shows them (the Trainer prints them)
+
+
+@contextlib.contextmanager
+def no_folder() -> Iterator[None]:
+    """Stands in for :class:`RunFolder` on processes other than the main one (they never write the folder)."""
+    yield None

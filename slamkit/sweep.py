@@ -1,0 +1,197 @@
+"""A sweep ends in a comparison: one row per job, from each job's own folder, and one figure of their curves.
+
+After ``python cli/train_sft.py -m ...`` (any launcher: Hydra's basic one, submitit local or Slurm, a sweeper
+such as Optuna), the sweep folder (``hydra.sweep.dir``: ``training_args.output_dir``, jobs in ``0/``, ``1/``, ...)
+gets ``sweep_summary.csv``, ``sweep_summary.md`` and ``sweep_curves.png``. Every number comes from the job's
+own ``trainer_state.json`` and run record.
+
+:class:`SweepSummary` is the Hydra callback that does it (``hydra.callbacks`` in config/train_sft.yaml): the one
+place in slamkit that Hydra calls into; it hands plain paths to :func:`summarize` and :func:`write_summary`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from slamkit.errors import EXIT_BAD_INPUT, SlamkitError, print_error
+from slamkit.evaluation import wilson_interval
+from slamkit.jsonl import output_set
+from slamkit.run_folder import RUN_RECORD, TRAINER_STATE, checkpoints, read_record
+
+SUMMARY_FILES = ("sweep_summary.csv", "sweep_summary.md", "sweep_curves.png")
+COLUMNS = ("job", "overrides", "status", "train_loss", "eval_loss", "eval_accuracy", "eval_n", "eval_ci95", "steps",
+           "wall_s", "folder")
+
+
+@dataclass
+class JobSummary:
+    job: str
+    overrides: str  # the overrides in which this job differs from the others
+    status: str
+    train_loss: float | None  # the last logged training loss (the run's mean when no step was logged)
+    eval_loss: float | None
+    eval_accuracy: float | None
+    eval_n: int | None
+    eval_correct: int | None
+    steps: int | None
+    wall_s: float | None
+    folder: Path
+    curve: list[tuple[int, float]]  # (step, eval_accuracy) of every evaluation
+    error: str | None = None
+
+    def row(self) -> dict[str, str]:
+        ci = (
+            "-" if self.eval_correct is None or not self.eval_n
+            else "{:.1f}-{:.1f}%".format(*(100 * x for x in wilson_interval(self.eval_correct, self.eval_n)))
+        )
+        return {
+            "job": self.job, "overrides": self.overrides or "-",
+            "status": self.status + (f": {self.error}" if self.error else ""),
+            "train_loss": _fmt(self.train_loss, ".4f"), "eval_loss": _fmt(self.eval_loss, ".4f"),
+            "eval_accuracy": "-" if self.eval_accuracy is None else f"{100 * self.eval_accuracy:.2f}%",
+            "eval_n": _fmt(self.eval_n, "d"), "eval_ci95": ci, "steps": _fmt(self.steps, "d"),
+            "wall_s": _fmt(self.wall_s, ".1f"), "folder": str(self.folder),
+        }
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _trainer_state(folder: Path) -> dict[str, Any] | None:
+    """The job's final trainer_state.json, else its newest checkpoint's (a job that stopped early)."""
+    for candidate in [folder, *reversed(checkpoints(folder))]:
+        try:
+            return json.loads((candidate / TRAINER_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """The job folders of a sweep (``0``, ``1``, ...), in job order."""
+    if not sweep_dir.is_dir():
+        return []
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def summarize(sweep_dir: Path) -> list[JobSummary]:
+    """One :class:`JobSummary` per job folder, read from its run record and trainer_state.json."""
+    records = {folder: read_record(folder) for folder in job_folders(sweep_dir)}
+    overrides = {folder: list((record or {}).get("command_line", [])) for folder, record in records.items()}
+    common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+    jobs = []
+    for folder, record in records.items():
+        state = _trainer_state(folder) or {}
+        history = state.get("log_history", [])
+        losses = [e["loss"] for e in history if "loss" in e] or [e["train_loss"] for e in history if "train_loss" in e]
+        evals = [e for e in history if "eval_loss" in e]
+        last_eval = evals[-1] if evals else {}
+        final = next((e for e in reversed(history) if "train_runtime" in e), {})
+        jobs.append(JobSummary(
+            job=folder.name,
+            overrides=" ".join(o for o in overrides[folder] if o not in common),
+            status=(record or {}).get("status", "no record"),
+            train_loss=losses[-1] if losses else None,
+            eval_loss=last_eval.get("eval_loss"),
+            eval_accuracy=last_eval.get("eval_accuracy"),
+            eval_n=last_eval.get("eval_questions"),
+            eval_correct=last_eval.get("eval_correct"),
+            steps=state.get("global_step"),
+            wall_s=final.get("train_runtime"),
+            folder=folder,
+            curve=[(e["step"], e["eval_accuracy"]) for e in evals if "eval_accuracy" in e],
+            error=(record or {}).get("error"),
+        ))
+    return jobs
+
+
+def markdown_table(jobs: list[JobSummary]) -> str:
+    rows = [job.row() for job in jobs]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row[c].replace("|", "\\|") for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path, jobs: list[JobSummary]) -> list[Path]:
+    """Write the CSV, the markdown table and the curves PNG into ``sweep_dir`` as one set."""
+    from slamkit.plots import plot_sweep_curves  # matplotlib: imported only when a plot is drawn
+
+    with output_set() as outputs:
+        with outputs.open(sweep_dir / "sweep_summary.csv") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(job.row() for job in jobs)
+        with outputs.open(sweep_dir / "sweep_summary.md") as handle:
+            handle.write(markdown_table(jobs))
+        curves = {f"{job.job}: {job.overrides or '-'}": job.curve for job in jobs if job.curve}
+        if curves:
+            plot_sweep_curves(curves, sweep_dir / "sweep_curves.png", title=sweep_dir.name, outputs=outputs)
+    return [sweep_dir / name for name in SUMMARY_FILES if (sweep_dir / name).exists()]
+
+
+def check_sweep_dir(sweep_dir: Path) -> None:
+    """A sweep writes into a folder of its own: one that holds a run, or the jobs of an earlier sweep, is refused
+    before any job starts."""
+    if not sweep_dir.is_dir():
+        return
+    if (sweep_dir / RUN_RECORD).exists() or checkpoints(sweep_dir):
+        raise SlamkitError(
+            f"{sweep_dir}: holds a training run, and a sweep writes one folder per job into its folder; "
+            "give the sweep its own training_args.output_dir"
+        )
+    taken = [p.name for p in job_folders(sweep_dir) if any(p.iterdir())]
+    if taken:
+        raise SlamkitError(
+            f"{sweep_dir}: already holds the jobs of a sweep ({', '.join(taken[:5])}); give this sweep another "
+            "training_args.output_dir"
+        )
+
+
+class SweepSummary(Callback):
+    """Hydra callback: refuse a sweep folder that is in use; summarise the sweep when it ends (and exit 2, after
+    the summary, when a job failed).
+
+    Hydra turns a callback's exceptions into warnings and carries on, so a refusal here prints its ``error:`` line
+    and raises ``SystemExit`` itself, which Hydra lets through.
+    """
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        try:
+            check_sweep_dir(Path(str(config.hydra.sweep.dir)))
+        except SlamkitError as err:
+            print_error(err)
+            raise SystemExit(EXIT_BAD_INPUT) from None
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = summarize(sweep_dir)
+        if not jobs:
+            return
+        written = write_summary(sweep_dir, jobs)
+        best = best_job(jobs)
+        print(f"\nsweep summary ({len(jobs)} jobs, {sweep_dir}):\n{markdown_table(jobs)}", end="")
+        if best is not None:
+            print(f"best validation accuracy: job {best.job} ({best.overrides or 'no overrides'}), "
+                  f"{100 * best.eval_accuracy:.2f}% of {best.eval_n}")
+        print("".join(f"wrote {path}\n" for path in written), end="")
+        failed = [job.job for job in jobs if job.status != "complete"]
+        if failed:
+            print_error(SlamkitError(
+                f"{sweep_dir}: {len(failed)} of {len(jobs)} jobs did not complete (job {', '.join(failed)}): see "
+                "sweep_summary.md"
+            ))
+            raise SystemExit(EXIT_BAD_INPUT)
+
+
+def best_job(jobs: list[JobSummary]) -> JobSummary | None:
+    """The completed job with the highest final validation accuracy."""
+    done = [job for job in jobs if job.eval_accuracy is not None and not math.isnan(job.eval_accuracy)]
+    return max(done, key=lambda job: job.eval_accuracy) if done else None

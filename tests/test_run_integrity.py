@@ -1,0 +1,390 @@
+"""A run folder belongs to one run: never overwritten, mixed or misreported, whatever happens to the process.
+
+Faults are injected for real: ``kill -9`` (tests/interrupt.py SIGKILLs the training process at a chosen point:
+mid-run, during save_total_limit's checkpoint rotation, during the final save), two runs started into one folder,
+a diverging run, a full disk (a small tmpfs in a private mount namespace). CPU, float32, the tiny Qwen3 on 48
+sample rows: 16 per step, 3 steps per epoch, so "identical" means bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import OFFLINE_ENV, REPO, load_script, run_cli
+from safetensors.torch import load_file, save_file
+
+from slamkit.errors import SlamkitError, run_main
+from slamkit.run_folder import LOCK_FILE, RUN_RECORD, checkpoint_is_complete
+
+EPOCH = 3  # optimizer steps per epoch: 48 rows / 16
+
+
+def overrides(base: Path, tokens: dict[str, Path], out: Path, *extra: str, epochs: int = 2) -> list[str]:
+    """The seed's step-3 command on the tiny model, checkpointing every epoch with the optimizer state."""
+    return [
+        f"model.base_model_name={base}", f"data.train_path={tokens['train']}", f"data.val_path={tokens['validation']}",
+        f"training_args.output_dir={out}", f"training_args.num_train_epochs={epochs}",
+        "training_args.per_device_train_batch_size=4", "training_args.gradient_accumulation_steps=4",
+        "training_args.learning_rate=1e-3", "training_args.bf16=false", "training_args.save_strategy=epoch",
+        "training_args.eval_strategy=no", "training_args.save_only_model=false", "training_args.logging_steps=1",
+        "training_args.seed=7", *extra,
+    ]
+
+
+def interrupted(point: str, action: str, args: list[str], wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    """tests/interrupt.py: run the command and SIGKILL (or pause) it at ``point``."""
+    command = [sys.executable, str(REPO / "tests" / "interrupt.py"), point, action, *args]
+    # The same torch thread count as this process: the resumed half runs here, and float sums depend on it.
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": threads, "PYTHONPATH": str(REPO / "tests")}
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    assert [name for name in a if not torch.equal(a[name], b[name])] == []
+
+
+def record(folder: Path) -> dict:
+    return yaml.safe_load((folder / RUN_RECORD).read_text())
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file of the run, byte for byte (the lock file says who last held the folder, so it may change)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model, sample_tokens, tmp_path_factory) -> dict[int, Path]:
+    """Reference runs, never interrupted: ``{epochs: folder}`` for 2 epochs and for 3 with save_total_limit=1."""
+    folders = {}
+    for epochs, extra in ((2, ()), (3, ("training_args.save_total_limit=1",))):
+        out = tmp_path_factory.mktemp("uninterrupted") / f"run{epochs}"
+        cli_ok(*overrides(tiny_model, sample_tokens, out, *extra, epochs=epochs))
+        folders[epochs] = out
+    return folders
+
+
+def cli_ok(*args: str) -> str:
+    """cli/train_sft.py in-process, which must succeed; everything it printed."""
+    code, out, err = run_cli(*args)
+    assert code == 0, (out + err)[-3000:]
+    return out + err
+
+
+def cli_fails(*args: str) -> str:
+    """The one ``error:`` line (on stderr) of a run that must stop with exit code 2."""
+    code, out, err = run_cli(*args)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1, (out + err)[-3000:]
+    return errors[0]
+
+
+# ---------------------------------------------------------------- one run per folder
+
+
+def test_a_second_run_into_a_finished_run_is_refused_and_changes_nothing(uninterrupted, tiny_model, sample_tokens):
+    """Re-running the same command into a folder that holds a run stops before loading anything, says what is
+    there and the three choices, and leaves every file as it was."""
+    out = uninterrupted[2]
+    before = snapshot(out)
+    line = cli_fails(*overrides(tiny_model, sample_tokens, out))
+    assert line.startswith(f"error: {out}: already holds a run (checkpoint-3/, checkpoint-6/, ")
+    assert line.endswith(
+        "status complete); resume it with cont_training=true, write to another training_args.output_dir, "
+        "or replace it with overwrite=true"
+    )
+    assert snapshot(out) == before
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tiny_model, sample_tokens, tmp_path):
+    """An output_dir holding other files (here a project folder) is refused, even with overwrite=true."""
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for extra in ((), ("overwrite=true",)):
+        line = cli_fails(*overrides(tiny_model, sample_tokens, out), *extra)
+        assert line == f"error: {out}: not empty and not a slamkit run folder (notes.txt); choose a new or empty training_args.output_dir"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_replaces_the_old_run_only_once_the_new_one_has_started(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """overwrite=true whose run fails before it starts (no such base model) leaves the old run whole; one that
+    starts replaces it completely: only the new run's files remain."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted[2], out)
+    before = snapshot(out)
+    line = cli_fails(*overrides(tiny_model, sample_tokens, out, "overwrite=true", epochs=1), f"model.base_model_name={tmp_path}/none")
+    assert line == f"error: {tmp_path}/none: no such tokenizer folder"
+    assert snapshot(out) == before
+    cli_ok(*overrides(tiny_model, sample_tokens, out, "overwrite=true", epochs=1))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert record(out)["status"] == "complete" and record(out)["config"]["training_args"]["num_train_epochs"] == 1
+
+
+def test_resume_with_changed_settings_is_refused_naming_them(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """cont_training=true with another learning rate and another seed names both changes; nothing is changed."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted[2], out)
+    before = snapshot(out)
+    line = cli_fails(*overrides(tiny_model, sample_tokens, out, "cont_training=true", "training_args.learning_rate=5e-4",
+                                "training_args.seed=8"))
+    assert line == (
+        f"error: {out}: cont_training=true, but this run's settings differ from the run in the folder "
+        "(training_args.seed: 7 -> 8; training_args.learning_rate: 0.001 -> 0.0005); resume with the same "
+        "settings, or set accept_changed_settings=true"
+    )
+    assert snapshot(out) == before
+
+
+def test_two_runs_at_once_the_second_fails_naming_the_first_and_a_killed_lock_does_not_block(tiny_model, sample_tokens, tmp_path):
+    """While a run holds its folder, a second one into it fails at once naming the first one's process; after
+    the first is killed with SIGKILL its lock is gone, and cont_training=true runs to completion."""
+    out, marker = tmp_path / "run", tmp_path / "started"
+    first = interrupted("started", f"pause:{marker}", overrides(tiny_model, sample_tokens, out), wait=False)
+    try:
+        for _ in range(600):
+            if marker.exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert marker.exists(), first.communicate()[1][-2000:]
+        pid = int(marker.read_text())
+        line = cli_fails(*overrides(tiny_model, sample_tokens, out))
+        assert line.startswith(f"error: {out}: in use by another run (pid {pid} on ")
+        assert line.endswith("); wait for it to finish or choose another training_args.output_dir")
+    finally:
+        first.kill()
+        first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    assert record(out)["status"] == "running"  # what a killed run leaves: its lock is free
+    line = cli_fails(*overrides(tiny_model, sample_tokens, out))
+    assert "; it stopped before finishing); resume it with cont_training=true" in line
+    cli_ok(*overrides(tiny_model, sample_tokens, out, "cont_training=true"))
+    assert record(out)["status"] == "complete"
+
+
+# ---------------------------------------------------------------- kill -9, then resume
+
+
+def test_kill_9_mid_run_then_resume_gives_the_weights_of_an_uninterrupted_run(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """SIGKILL at step 4 (after checkpoint-3), then cont_training=true: every checkpoint and the final weights are
+    bit-identical to an uninterrupted run's."""
+    out = tmp_path / "run"
+    died = interrupted("step:4", "kill", overrides(tiny_model, sample_tokens, out))
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"] and record(out)["status"] == "running"
+    printed = cli_ok(*overrides(tiny_model, sample_tokens, out, "cont_training=true"))
+    assert f"cont_training: resuming from {out / 'checkpoint-3'}" in printed
+    for sub in ("checkpoint-3", "checkpoint-6", "."):
+        assert_identical(weights(out / sub), weights(uninterrupted[2] / sub))
+    assert record(out)["status"] == "complete"
+
+
+def test_kill_9_during_checkpoint_rotation_never_discards_the_complete_checkpoint(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """save_total_limit=1: SIGKILL while the Trainer deletes checkpoint-3 (checkpoint-6 already complete, its run
+    record written before its weights). The resume starts from checkpoint-6, not from step 0, and ends with the
+    uninterrupted run's weights."""
+    out = tmp_path / "run"
+    args = overrides(tiny_model, sample_tokens, out, "training_args.save_total_limit=1", epochs=3)
+    died = interrupted("rotation", "kill", args)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    assert checkpoint_is_complete(out / "checkpoint-6") and (out / "checkpoint-6" / RUN_RECORD).is_file()
+    assert not checkpoint_is_complete(out / "checkpoint-3")  # cut short by the kill
+    printed = cli_ok(*args, "cont_training=true")
+    assert f"cont_training: resuming from {out / 'checkpoint-6'}" in printed
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-9"]
+    assert_identical(weights(out), weights(uninterrupted[3]))
+
+
+def test_kill_9_during_the_final_save_is_never_reported_as_a_finished_run(uninterrupted, tiny_model, sample_tokens, tmp_path, capsys):
+    """SIGKILL after the final weights are written but before trainer_state.json and the record: the record still
+    says running, so evaluating the folder is refused; resuming rewrites the final files, all from one run."""
+    out = tmp_path / "run"
+    died = interrupted("final-save", "kill", overrides(tiny_model, sample_tokens, out))
+    assert died.returncode == -signal.SIGKILL
+    assert (out / "model.safetensors").is_file() and not (out / "trainer_state.json").exists()
+    assert record(out)["status"] == "running"
+    from slamkit.run_folder import check_run_finished
+
+    with pytest.raises(SlamkitError, match=r"the run that writes this folder has not finished \(status running\)"):
+        check_run_finished(out)
+    cli_ok(*overrides(tiny_model, sample_tokens, out, "cont_training=true"))
+    assert record(out)["status"] == "complete"
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2 * EPOCH
+    assert_identical(weights(out), weights(uninterrupted[2]))
+
+
+def test_resume_from_a_damaged_optimizer_state_is_one_line(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """A truncated optimizer.pt in the newest checkpoint is named, with what to do, before any weight is loaded."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted[2], out)
+    optimizer = out / "checkpoint-6" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])
+    line = cli_fails(*overrides(tiny_model, sample_tokens, out, "cont_training=true"))
+    assert line == (
+        f"error: {optimizer}: damaged (truncated or overwritten), cannot resume from checkpoint-6; delete "
+        f"{out / 'checkpoint-6'} to resume from the checkpoint before it, or start again with overwrite=true"
+    )
+
+
+def test_resume_from_a_checkpoint_without_optimizer_state_is_an_error(tiny_model, sample_tokens, tmp_path):
+    """cont_training=true on a save_only_model=true checkpoint says so and what to set, and changes nothing."""
+    out = tmp_path / "run"
+    args = overrides(tiny_model, sample_tokens, out, "training_args.save_only_model=true", epochs=1)
+    cli_ok(*args)
+    before = snapshot(out)
+    line = cli_fails(*args, "cont_training=true")
+    assert line == (
+        f"error: {out / 'checkpoint-3'}: no optimizer state to resume from (saved with save_only_model=true); "
+        "train with training_args.save_only_model=false to be able to resume"
+    )
+    assert snapshot(out) == before
+
+
+def test_same_seed_same_data_gives_identical_checkpoints(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """The same command twice: every checkpoint's and the final weights are bit-identical, and the run record
+    beside each holds the seed."""
+    again = tmp_path / "again"
+    cli_ok(*overrides(tiny_model, sample_tokens, again))
+    for sub in ("checkpoint-3", "checkpoint-6", "."):
+        assert_identical(weights(again / sub), weights(uninterrupted[2] / sub))
+        assert record(uninterrupted[2] / sub)["config"]["training_args"]["seed"] == 7
+
+
+# ---------------------------------------------------------------- numbers that are not finite
+
+
+@pytest.fixture(scope="module")
+def nan_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with one NaN weight (what a diverged run would have saved)."""
+    folder = tmp_path_factory.mktemp("nan") / "model"
+    shutil.copytree(tiny_model, folder)
+    tensors = weights(folder)
+    tensors["model.norm.weight"][0] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_a_nan_training_loss_stops_the_run_with_one_line_and_no_nan_checkpoint(nan_model, sample_tokens, tmp_path):
+    """Training from weights that give a NaN loss stops at the first logged step with exit code 2 and one line;
+    no checkpoint is written and the run record says failed."""
+    out = tmp_path / "run"
+    line = cli_fails(*overrides(nan_model, sample_tokens, out))
+    assert line == (
+        "error: loss is nan at step 1 (training_args.learning_rate=0.001): the run diverged and was stopped; the "
+        "checkpoints saved before it are finite. Lower training_args.learning_rate, or check the data and the base model"
+    )
+    assert list(out.glob("checkpoint-*")) == []
+    assert record(out)["status"] == "failed" and record(out)["error"].startswith("loss is nan at step 1")
+
+
+def test_nan_weights_are_never_saved_even_when_no_loss_is_logged(nan_model, sample_tokens, tmp_path):
+    """With logging_steps larger than the run, the weights' own check before the epoch's checkpoint stops it."""
+    out = tmp_path / "run"
+    line = cli_fails(*overrides(nan_model, sample_tokens, out, "training_args.logging_steps=100"))
+    assert line.startswith("error: checkpoint-3: weight ") and "is not finite (nan or inf)" in line
+    assert not (out / "checkpoint-3" / "model.safetensors").exists()
+
+
+def test_evaluation_refuses_to_report_an_accuracy_from_nan_logits(nan_model, sample_step1, tmp_path, capsys):
+    """eval_arc.py on a model whose logits are NaN names the first question, writes no results, exits 2."""
+    out = tmp_path / "eval"
+    argv = ["--model_path", str(nan_model), "--data_path", str(sample_step1 / "arc_easy_test.jsonl"),
+            "--max_problems", "20", "--device", "cpu", "--output_dir", str(out)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as caught:
+        run_main(lambda: load_script("example_arc/eval_arc.py").main(argv))
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: question ") and "letter logits are not finite (nan or inf), so no accuracy" in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def in_small_tmpfs(size: str, script: str, options: str = "") -> subprocess.CompletedProcess:
+    """Run ``script`` (bash) with a fresh tmpfs of ``size`` mounted at $FS (more mount ``options``: ",ro"), in a
+    private mount namespace ($ERR: a file outside it for stderr)."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a mount namespace here (unshare -rm) to mount a small filesystem")
+    full = f'set -u; FS=$(mktemp -d); ERR=$(mktemp); mount -t tmpfs -o size={size}{options} tmpfs "$FS" || exit 99; cd {REPO}; {script}'
+    done = subprocess.run(["unshare", "-rm", "bash", "-c", full], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"})
+    if done.returncode == 99:
+        pytest.skip("cannot mount a tmpfs here")
+    return done
+
+
+def test_step1_on_a_full_disk_writes_no_split_and_keeps_the_old_ones(tmp_path):
+    """Step 1 into a folder that runs out of space half way: one line saying so, the previous three files intact."""
+    done = in_small_tmpfs("1m", f"""
+        python example_arc/prepare_arc_data.py --source example_arc/sample --output_dir "$FS/out" > /dev/null || exit 1
+        md5sum "$FS"/out/* > "$ERR.before"
+        head -c 500k /dev/zero > "$FS/filler"                       # room for part of a second copy, not all of it
+        python example_arc/prepare_arc_data.py --source example_arc/sample --output_dir "$FS/out" 2> "$ERR" > /dev/null
+        echo "exit $?"; cat "$ERR"; md5sum --quiet -c "$ERR.before" && echo SAME; ls -A "$FS/out"
+    """)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "exit 2", done.stdout + done.stderr
+    assert lines[1].startswith("error: ") and lines[1].endswith(": no space left on device while writing; nothing was changed")
+    assert lines[2:] == ["SAME", "arc_easy_test.jsonl", "arc_easy_train.jsonl", "arc_easy_validation.jsonl"]
+
+
+def test_evaluation_on_a_full_disk_leaves_no_partial_set(tiny_model, sample_step1):
+    """eval_arc.py whose output folder fills up: one line, and no results.json, predictions or plot at all."""
+    data = sample_step1 / "arc_easy_test.jsonl"
+    done = in_small_tmpfs("64k", f"""
+        head -c 40k /dev/zero > "$FS/filler"
+        python example_arc/eval_arc.py --model_path {tiny_model} --data_path {data} --device cpu --output_dir "$FS/eval" \
+            2> "$ERR" > /dev/null
+        echo "exit $?"; grep "^error" "$ERR"; ls -A "$FS/eval"
+    """)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "exit 2", done.stdout + done.stderr
+    assert lines[1].endswith(": no space left on device while writing; nothing was changed")
+    assert lines[2:] == []
+
+
+def test_training_on_a_full_disk_stops_with_one_line_and_keeps_the_complete_checkpoint(tiny_model, sample_tokens):
+    """Room for one checkpoint of the tiny model (~50 MB) but not two: the run stops at the second save with one
+    line; checkpoint-3 stays complete and the record says failed."""
+    args = " ".join(overrides(tiny_model, sample_tokens, Path("$FS/run"), "training_args.save_only_model=true"))
+    done = in_small_tmpfs("75m", f"""
+        python cli/train_sft.py {args} > /dev/null 2> "$ERR"
+        echo "exit $?"; grep "^error" "$ERR"
+        python -c "from slamkit.run_folder import checkpoint_is_complete as c; from pathlib import Path; print(c(Path('$FS/run/checkpoint-3')))"
+        grep "^status" "$FS/run/slamkit_run.yaml"
+    """)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "exit 2", done.stdout + done.stderr
+    assert lines[1].startswith("error: ") and "no space left on device while saving; the run stopped" in lines[1]
+    assert lines[2:] == ["True", "status: failed"]
+
+
+def test_training_into_a_read_only_filesystem_is_one_line(tiny_model, sample_tokens):
+    """An output_dir on a read-only filesystem is refused at once, in one line."""
+    args = " ".join(overrides(tiny_model, sample_tokens, Path("$FS/run")))
+    done = in_small_tmpfs("1m", f"""
+        python cli/train_sft.py {args} > /dev/null 2> "$ERR"; echo "exit $?"; grep "^error" "$ERR"
+    """, options=",ro")
+    lines = done.stdout.splitlines()
+    assert lines[0] == "exit 2", done.stdout + done.stderr
+    assert lines[1].endswith("/run: cannot use as training_args.output_dir (Read-only file system)")

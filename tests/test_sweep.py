@@ -1,0 +1,166 @@
+"""Sweeps: every job in its own folder, through Hydra's basic launcher, submitit's local executor and the Optuna
+sweeper; a sweep ends in a comparison whose numbers are each job's own; a sweep folder in use is refused; a
+missing plugin is one line naming the extra to install."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import OFFLINE_ENV, REPO, load_script, run_cli
+from hydra import compose, initialize_config_dir
+
+from slamkit.evaluation import wilson_interval
+
+JOB_ARGS = (  # one epoch of 48 sample rows: 3 steps, one evaluation of 16 validation rows
+    "training_args.num_train_epochs=1", "training_args.bf16=false", "training_args.save_strategy=no",
+    "training_args.logging_steps=1",
+)
+
+
+def sweep_args(tiny_model: Path, sample_tokens: dict[str, Path], out: Path) -> list[str]:
+    return [f"model.base_model_name={tiny_model}", f"data.train_path={sample_tokens['train']}",
+            f"data.val_path={sample_tokens['validation']}", f"training_args.output_dir={out}", *JOB_ARGS]
+
+
+def summary_rows(sweep: Path) -> list[dict[str, str]]:
+    with open(sweep / "sweep_summary.csv", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_summary_is_each_jobs_own(sweep: Path, jobs: int) -> list[dict[str, str]]:
+    """The summary has one row per job folder, and its numbers are that job's trainer_state.json's."""
+    rows = summary_rows(sweep)
+    assert [row["job"] for row in rows] == [str(n) for n in range(jobs)]
+    for row in rows:
+        folder = sweep / row["job"]
+        assert row["folder"] == str(folder) and row["status"] == "complete"
+        history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+        last_eval = [e for e in history if "eval_loss" in e][-1]
+        assert row["train_loss"] == f"{[e['loss'] for e in history if 'loss' in e][-1]:.4f}"
+        assert row["eval_loss"] == f"{last_eval['eval_loss']:.4f}"
+        assert row["eval_accuracy"] == f"{100 * last_eval['eval_accuracy']:.2f}%"
+        assert row["eval_n"] == str(last_eval["eval_questions"]) == "16"
+        low, high = wilson_interval(last_eval["eval_correct"], 16)
+        assert row["eval_ci95"] == f"{100 * low:.1f}-{100 * high:.1f}%"
+        assert row["steps"] == "3"
+        record = yaml.safe_load((folder / "slamkit_run.yaml").read_text())
+        assert record["config"]["training_args"]["output_dir"] == str(folder)  # the job's own folder
+    assert (sweep / "sweep_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| job | overrides | status |" in (sweep / "sweep_summary.md").read_text()
+    return rows
+
+
+def test_a_basic_sweep_gives_every_job_its_own_folder_and_ends_in_a_summary(tiny_model, sample_tokens, tmp_path):
+    """-m over two learning rates with one output_dir on the command line: two job folders (0, 1), each with its
+    own weights and record, and a summary naming each job's swept override, printed at the end."""
+    sweep = tmp_path / "lr_sweep"
+    code, out, err = run_cli("-m", "training_args.learning_rate=1e-3,2e-3", *sweep_args(tiny_model, sample_tokens, sweep))
+    assert code == 0, (out + err)[-3000:]
+    rows = assert_summary_is_each_jobs_own(sweep, jobs=2)
+    assert [row["overrides"] for row in rows] == ["training_args.learning_rate=0.001", "training_args.learning_rate=0.002"]
+    assert f"sweep summary (2 jobs, {sweep}):" in out and "best validation accuracy: job " in out
+    assert (sweep / "0" / "model.safetensors").is_file() and (sweep / "1" / "model.safetensors").is_file()
+
+
+def test_a_sweep_into_a_folder_in_use_is_refused_before_any_job(tiny_model, sample_tokens, tmp_path):
+    """A sweep whose folder holds a single run, or an earlier sweep's jobs, stops at once with one line."""
+    single = tmp_path / "single"
+    code, out, err = run_cli(*sweep_args(tiny_model, sample_tokens, single))
+    assert code == 0, err[-2000:]
+    code, _, err = run_cli("-m", "training_args.learning_rate=1e-3,2e-3", *sweep_args(tiny_model, sample_tokens, single))
+    assert (code, err.splitlines()[-1]) == (2, (
+        f"error: {single}: holds a training run, and a sweep writes one folder per job into its folder; give the "
+        "sweep its own training_args.output_dir"
+    ))
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "slamkit_run.yaml").write_text("status: complete\n")
+    code, _, err = run_cli("-m", "training_args.learning_rate=1e-3,2e-3", *sweep_args(tiny_model, sample_tokens, sweep))
+    assert (code, err.splitlines()[-1]) == (2, (
+        f"error: {sweep}: already holds the jobs of a sweep (0); give this sweep another training_args.output_dir"
+    ))
+    assert sorted(p.name for p in sweep.iterdir()) == ["0"]
+
+
+def test_a_failed_job_is_listed_in_the_summary_and_the_sweep_exits_2(tiny_model, sample_tokens, tmp_path):
+    """A job that fails (here: a learning rate out of range) does not stop the others; the summary lists it as
+    failed with its error, and the command exits 2 after it."""
+    sweep = tmp_path / "sweep"
+    code, out, err = run_cli("-m", "training_args.learning_rate=1e-3,-1", *sweep_args(tiny_model, sample_tokens, sweep))
+    assert code == 2
+    assert err.splitlines()[-1] == f"error: {sweep}: 1 of 2 jobs did not complete (job 1): see sweep_summary.md"
+    rows = summary_rows(sweep)
+    assert rows[0]["status"] == "complete"
+    assert rows[1]["status"] == "failed: training_args.learning_rate=-1.0: must be a finite number >= 0"
+
+
+def test_submitit_local_sweep_runs_each_job_as_its_own_process(tiny_model, sample_tokens, tmp_path):
+    """The README's Slurm sweep with submitit's local executor instead of Slurm: two jobs, two folders with their
+    own model and record, and the same summary."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "cli/train_sft.py"), "-m", "hydra/launcher=submitit_local",
+         "training_args.learning_rate=1e-3,2e-3", *sweep_args(tiny_model, sample_tokens, sweep)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Submitit 'local' sweep output dir" in done.stdout + done.stderr
+    assert_summary_is_each_jobs_own(sweep, jobs=2)
+
+
+def test_the_slurm_launcher_config_composes(tiny_model):
+    """hydra/launcher=slurm_h100 composes onto submitit's Slurm launcher with one H100 per job and the knobs set."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    load_script("cli/train_sft.py")  # registers the schema
+    with initialize_config_dir(config_dir=str(REPO / "config"), version_base="1.3"):
+        cfg = compose("train_sft", overrides=["hydra/launcher=slurm_h100", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.gpus_per_node, launcher.nodes, launcher.tasks_per_node, launcher.partition) == (1, 1, 1, "gpu")
+    assert launcher.timeout_min == 60 and launcher.mem_gb == 64 and launcher.cpus_per_task == 8
+    assert set(launcher) >= {"account", "qos", "constraint", "additional_parameters", "setup"}
+
+
+def test_optuna_sweeper_maximises_the_returned_validation_accuracy(tiny_model, sample_tokens, tmp_path):
+    """hparams_search=lr_optuna runs its trials (3 here) as jobs with their own folders; each trial's value is
+    the job's final eval_accuracy, which cli/train_sft.py returns."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "search"
+    code, out, err = run_cli("-m", "hparams_search=lr_optuna", "hydra.sweeper.n_trials=3",
+                             *sweep_args(tiny_model, sample_tokens, sweep))
+    assert code == 0, (out + err)[-3000:]
+    rows = assert_summary_is_each_jobs_own(sweep, jobs=3)
+    optimization = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = max(float(row["eval_accuracy"].rstrip("%")) for row in rows) / 100
+    assert optimization["best_value"] == pytest.approx(best)
+
+
+def test_a_missing_plugin_is_one_line_naming_the_extra(tmp_path):
+    """With Hydra's plugins hidden (a bare hydra_plugins package first on the path), the README's Slurm sweep
+    fails in one line that names the extra to install; so does the Optuna search, whose message comes from the
+    same translation of Hydra's "could not find" error."""
+    shadow = tmp_path / "shadow" / "hydra_plugins"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")  # a regular package hides the installed namespace package's plugins
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(shadow.parent)}
+    done = subprocess.run([sys.executable, str(REPO / "cli/train_sft.py"), "-m", "hydra/launcher=slurm_h100"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines() == [
+        "error: hydra/launcher/submitit_slurm needs a Hydra plugin that is not installed: pip install -e '.[slurm]'"
+    ]
+    from hydra.errors import MissingConfigException
+
+    missing = MissingConfigException("In 'hparams_search/lr_optuna': Could not load 'hydra/sweeper/optuna'.", "x")
+    assert load_script("cli/train_sft.py").config_error(missing) == (
+        "hydra/sweeper/optuna needs a Hydra plugin that is not installed: pip install -e '.[sweep]'"
+    )
