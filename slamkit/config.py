@@ -130,12 +130,17 @@ class ModelSettings:
     vocab_size: int | None = None  # grow the embedding table to this many rows (new token types)
     trust_remote_code: bool = False
     allow_pickle: bool = False  # load .bin (pickle) weights; false = safetensors only
+    # The dtype of the saved weights when checkpoints are weights only (training_args.save_only_model=true); null =
+    # as trained. Checkpoints that can be resumed always keep the weights as trained.
+    save_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if not self.base_model_name or not self.tokenizer_name:
             raise SlamkitError("model.base_model_name and model.tokenizer_name are required")
-        if self.dtype not in DTYPE_NAMES:
-            raise SlamkitError(f"model.dtype={self.dtype!r}: must be one of {', '.join(DTYPE_NAMES)}")
+        for key in ("dtype", "save_dtype"):
+            value = getattr(self, key)
+            if value not in DTYPE_NAMES and (key == "dtype" or value is not None):
+                raise SlamkitError(f"model.{key}={value!r}: must be one of {', '.join(DTYPE_NAMES)}")
         if self.vocab_size is not None and self.vocab_size < 1:
             raise SlamkitError(f"model.vocab_size={self.vocab_size}: must be null or at least 1")
 
@@ -190,6 +195,7 @@ class SFTConfig:
             self.training_args = training_arguments_settings(**self.training_args)
         if not self.training_args.output_dir:
             raise SlamkitError("training_args.output_dir is required: the folder of this run")
+
 
 
 

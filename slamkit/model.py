@@ -200,11 +200,17 @@ def qwen3_config(shape: str = "tiny", **overrides) -> Qwen3Config:
     return Qwen3Config(**{**fields, **QWEN3_SHAPES[shape], **overrides})
 
 
-def save_random_model(folder: str | Path, config: Qwen3Config, tokenizer_dir: str | Path | None = None, seed: int = 0) -> Path:
-    """A causal LM of ``config`` with seeded random weights, saved to ``folder`` as a plain HF checkpoint (with the
-    tokenizer of ``tokenizer_dir`` beside it when given), so that the real ``from_pretrained`` path loads it."""
+def random_model(config: Qwen3Config, seed: int = 0, attn_implementation: str | None = "sdpa") -> PreTrainedModel:
+    """A float32 causal LM of ``config`` whose random weights depend only on ``seed``: the tiny test and demo
+    model, and the benchmark's model of the real shape."""
     torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn_implementation)
+
+
+def save_random_model(folder: str | Path, config: Qwen3Config, tokenizer_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """:func:`random_model` saved to ``folder`` as a plain HF checkpoint (with the tokenizer of ``tokenizer_dir``
+    beside it when given), so that the real ``from_pretrained`` path loads it."""
+    random_model(config, seed).save_pretrained(folder)
     if tokenizer_dir is not None:
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
     return Path(folder)

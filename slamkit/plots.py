@@ -184,23 +184,35 @@ def plot_confusion_matrix(
 
 
 def plot_sweep_curves(
-    curves: Mapping[str, list[tuple[int, float]]], path: str | Path, title: str | None = None,
-    outputs: OutputSet | None = None,
+    curves: Mapping[str, tuple[list[tuple[int, float]], list[tuple[int, float]]]], path: str | Path,
+    title: str | None = None, outputs: OutputSet | None = None,
 ) -> Path:
-    """Overlay each job's validation accuracy (a fraction, drawn in percent) against optimizer step in one PNG.
+    """One PNG comparing the jobs of a sweep: training loss (top) and validation accuracy (bottom, a fraction drawn
+    in percent) against optimizer step, one colour per job.
 
-    ``curves`` maps a job's label (its swept overrides) to its ``(step, accuracy)`` points.
+    ``curves`` maps a job's label (its swept overrides) to its ``(loss points, accuracy points)``, each a list of
+    ``(step, value)``.
     """
     if not curves:
-        raise ValueError("no validation curves to plot")
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    ax = figure.subplots()
-    for label, points in curves.items():
-        ax.plot([step for step, _ in points], [100.0 * value for _, value in points], marker="o", label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    figure.suptitle(title or "Sweep: validation accuracy")
+        raise ValueError("no curves to plot")
+    figure = Figure(figsize=(8, 6.5), layout="constrained")
+    loss_ax, accuracy_ax = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    for index, (label, (losses, accuracies)) in enumerate(curves.items()):
+        color = f"C{index % 10}"
+        if losses:
+            loss_ax.plot([s for s, _ in losses], [v for _, v in losses], color=color, linewidth=1.2, label=label)
+        if accuracies:
+            accuracy_ax.plot([s for s, _ in accuracies], [100.0 * v for _, v in accuracies], color=color, marker="o",
+                             label=label)
+            for step, value in accuracies[-1:]:  # the final accuracy, labelled
+                accuracy_ax.annotate(f"{100.0 * value:.1f}%", (step, 100.0 * value), textcoords="offset points",
+                                     xytext=(6, 4 + 10 * index), fontsize=8, color=color)
+    loss_ax.set_ylabel("training loss")
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend(loc="best", fontsize=8)
+    accuracy_ax.set_ylabel("validation accuracy (%)")
+    accuracy_ax.set_xlabel("optimizer step")
+    accuracy_ax.set_ylim(0, 100)
+    accuracy_ax.grid(alpha=0.3)
+    figure.suptitle(title or "Sweep")
     return _save_png(figure, path, outputs)

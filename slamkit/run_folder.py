@@ -188,10 +188,11 @@ def _describe(entries: list[Path]) -> str:
 class RunFolder:
     """``training_args.output_dir`` held by one run (the main process only).
 
-    Use as a context manager around the whole run: :meth:`claim` decides what the run does with the folder
-    (start, resume or replace) before anything is loaded; :meth:`start` marks it running once the weights
-    are loaded; :meth:`finish` marks it complete. A run that fails before :meth:`start` leaves the folder as it
-    found it (a folder it created is removed again).
+    Use as a context manager around the whole run (entering takes the lock): :meth:`claim` refuses a folder the
+    run may not use, before anything is loaded; :meth:`resume_point` picks and checks the checkpoint to resume
+    from, before the weights are loaded; :meth:`start` replaces an old run (``overwrite``) and marks the folder
+    running once the weights are loaded; :meth:`finish` marks it complete. A run that fails before
+    :meth:`start` leaves the folder as it found it (the folders it created are removed again).
     """
 
     def __init__(self, path: Path):
@@ -226,7 +227,11 @@ class RunFolder:
                 f"{self.path}: in use by another run ({holder}); wait for it to finish or choose another "
                 "training_args.output_dir"
             ) from None
-        if os.fstat(fd).st_ino != os.stat(self.path / LOCK_FILE).st_ino:  # the lock file was replaced meanwhile
+        try:
+            replaced = os.fstat(fd).st_ino != os.stat(self.path / LOCK_FILE).st_ino
+        except FileNotFoundError:
+            replaced = True
+        if replaced:  # the run that held it removed the lock file meanwhile (it never started): the folder moved on
             os.close(fd)
             raise SlamkitError(f"{self.path}: in use by another run (it just started); choose another output_dir")
         self._lock = fd
@@ -303,7 +308,7 @@ class RunFolder:
         """
         if not cont_training:
             return None
-        if self.previous is not None and not accept_changed_settings:
+        if self.previous is not None and "config" in self.previous and not accept_changed_settings:
             changes = changed_settings(self.previous, record)
             if changes:
                 raise SlamkitError(

@@ -44,6 +44,7 @@ class JobSummary:
     wall_s: float | None
     folder: Path
     curve: list[tuple[int, float]]  # (step, eval_accuracy) of every evaluation
+    loss_curve: list[tuple[int, float]]  # (step, loss) of every logged training step
     error: str | None = None
 
     def row(self) -> dict[str, str]:
@@ -108,6 +109,7 @@ def summarize(sweep_dir: Path) -> list[JobSummary]:
             wall_s=final.get("train_runtime"),
             folder=folder,
             curve=[(e["step"], e["eval_accuracy"]) for e in evals if "eval_accuracy" in e],
+            loss_curve=[(e["step"], e["loss"]) for e in history if "loss" in e],
             error=(record or {}).get("error"),
         ))
     return jobs
@@ -131,9 +133,12 @@ def write_summary(sweep_dir: Path, jobs: list[JobSummary]) -> list[Path]:
             writer.writerows(job.row() for job in jobs)
         with outputs.open(sweep_dir / "sweep_summary.md") as handle:
             handle.write(markdown_table(jobs))
-        curves = {f"{job.job}: {job.overrides or '-'}": job.curve for job in jobs if job.curve}
-        if curves:
-            plot_sweep_curves(curves, sweep_dir / "sweep_curves.png", title=sweep_dir.name, outputs=outputs)
+        jobs_with_curves = [job for job in jobs if job.curve or job.loss_curve]
+        if jobs_with_curves:
+            plot_sweep_curves(
+                {f"{job.job}: {job.overrides or '-'}": (job.loss_curve, job.curve) for job in jobs_with_curves},
+                sweep_dir / "sweep_curves.png", title=sweep_dir.name, outputs=outputs,
+            )
     return [sweep_dir / name for name in SUMMARY_FILES if (sweep_dir / name).exists()]
 
 

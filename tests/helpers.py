@@ -46,19 +46,21 @@ def load_script(script: str) -> ModuleType:
         path = REPO / script
         spec = importlib.util.spec_from_file_location("script_" + path.stem, path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses (and pickling) look their module up by name
         spec.loader.exec_module(module)
         _SCRIPTS[script] = module
     return _SCRIPTS[script]
 
 
 def sft_config(base: Path, train: Path, out: Path, val: Path | None = None, *, speed=None, cont_training: bool = False,
-               overwrite: bool = False, accept_changed_settings: bool = False, **training_args):
+               overwrite: bool = False, accept_changed_settings: bool = False, save_dtype: str | None = None,
+               **training_args):
     """An SFTConfig for a CPU float32 test run of ``base`` (its own tokenizer) on ``train`` into ``out``:
     ``training_args`` on top of bf16=false, report_to=none, no tqdm (everything else transformers' defaults)."""
     from slamkit.config import DataSettings, ModelSettings, SFTConfig, SpeedSettings
 
     return SFTConfig(
-        model=ModelSettings(base_model_name=str(base), tokenizer_name=str(base)),
+        model=ModelSettings(base_model_name=str(base), tokenizer_name=str(base), save_dtype=save_dtype),
         data=DataSettings(train_path=str(train), val_path=str(val) if val else None),
         training_args={"output_dir": str(out), "bf16": False, "report_to": "none", "disable_tqdm": True, **training_args},
         speed=speed or SpeedSettings(),

@@ -144,3 +144,31 @@ def test_wilson_interval_and_summary_line():
     assert (round(100 * low, 1), round(100 * high, 1)) == (70.6, 86.7)
     assert summary_line(75, 94) == "Correct: 75/94 = 79.79% (95% CI 70.6-86.7%), skipped: 0"
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_acc_norm_divides_by_the_choice_text_without_the_joining_space():
+    """lm-evaluation-harness's acc_norm: log-likelihood / len(choice text), the space that joins it to the context not
+    counted. A hand-made case where the two conventions pick different choices: -3.0 over "ab" (2 characters) and
+    -4.4 over "abc" (3): per character -1.5 vs -1.467, so "abc" wins; counting the space, -1.0 vs -1.1, "ab" would."""
+    from slamkit.cloze import ClozePrediction
+
+    prediction = ClozePrediction(id="q", gold=1, loglik=[-3.0, -4.4], lengths=[len("ab"), len("abc")])
+    assert prediction.pred_norm == 1
+    assert max(range(2), key=lambda i: prediction.loglik[i] / (prediction.lengths[i] + 1)) == 0  # the other convention
+    assert prediction.pred == 0  # acc: the larger log-likelihood
+    tie = ClozePrediction(id="t", gold=0, loglik=[-2.0, -2.0, -1.0], lengths=[2, 2, 1])
+    assert (tie.pred, tie.pred_norm) == (2, 0)  # per character all three are -1.0: a tie goes to the first choice
+
+
+def test_cloze_pairs_are_split_as_the_harness_splits_them(qwen_tokenizer):
+    """encode_pairs encodes context + continuation as one string and takes what follows the context's own encoding;
+    a context's trailing spaces move to the continuation first."""
+    from slamkit.cloze import encode_pairs
+
+    context, continuation = "Question: What is H2O?\nAnswer:", " water"
+    ((head, tail),) = encode_pairs(qwen_tokenizer, [context], [continuation])
+    whole = qwen_tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    assert head == qwen_tokenizer(context, add_special_tokens=False)["input_ids"] and head + tail == whole
+    ((head, tail),) = encode_pairs(qwen_tokenizer, ["Answer: "], ["water"])
+    assert head == qwen_tokenizer("Answer:", add_special_tokens=False)["input_ids"]
+    assert tail == qwen_tokenizer("Answer: water", add_special_tokens=False)["input_ids"][len(head):]

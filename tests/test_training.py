@@ -196,3 +196,25 @@ def test_logger_without_its_package_is_a_one_line_error(monkeypatch, tmp_path):
             build_training_arguments(settings, SpeedSettings(), has_validation=False)
         monkeypatch.setattr("slamkit.training._integration_available", lambda _: True)
         assert build_training_arguments(settings, SpeedSettings(), has_validation=False).report_to == [name]
+
+
+def test_weights_only_checkpoints_can_be_saved_in_bfloat16(tiny_model, sample_tokens, tmp_path):
+    """model.save_dtype=bfloat16 writes every checkpoint's and the final weights as the bfloat16 rounding of the
+    float32 weights trained, tied embeddings stored once (half the bytes); resumable checkpoints
+    (save_only_model=false) keep float32."""
+    from safetensors import safe_open
+
+    settings = dict(num_train_epochs=1, per_device_train_batch_size=16, save_strategy="epoch", save_only_model=True)
+    out = train(sft_config(tiny_model, sample_tokens["train"], tmp_path / "bf16", save_dtype="bfloat16", **settings)).output_dir
+    float32 = train(sft_config(tiny_model, sample_tokens["train"], tmp_path / "fp32", **settings)).output_dir
+    for sub in ("checkpoint-3", "."):
+        saved, trained = tensors(out / sub), tensors(float32 / sub)
+        assert saved.keys() == trained.keys() and "lm_head.weight" not in saved  # tied: stored once
+        assert all(t.dtype == torch.bfloat16 and torch.equal(t, trained[k].to(torch.bfloat16)) for k, t in saved.items())
+        size = (out / sub / "model.safetensors").stat().st_size
+        assert size < 0.51 * (float32 / sub / "model.safetensors").stat().st_size
+    assert AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.shape[0] == 151936
+    resumable = train(sft_config(tiny_model, sample_tokens["train"], tmp_path / "resumable", max_steps=1,
+                                 save_strategy="steps", save_steps=1, save_only_model=False, save_dtype="bfloat16")).output_dir
+    with safe_open(resumable / "checkpoint-1" / "model.safetensors", "pt") as handle:
+        assert handle.get_tensor("model.norm.weight").dtype == torch.float32
