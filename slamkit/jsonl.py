@@ -173,9 +173,3 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
 def write_json_document(handle: IO[str], obj: Any) -> None:
     json.dump(obj, handle, indent=2, ensure_ascii=False)
     handle.write("\n")
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write one JSON document to ``path`` atomically (indented, UTF-8)."""
-    with atomic_output(path) as handle:
-        write_json_document(handle, obj)

@@ -26,7 +26,7 @@ import shutil
 import socket
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +134,9 @@ def check_run_finished(folder: Path) -> None:
         return
     status = record.get("status") if record else None
     if status not in (None, "complete"):
+        error = f": {record['error']}" if record.get("error") else ""
         raise SlamkitError(
-            f"{folder}: the run that writes this folder has not finished (status {status}{': ' + record['error'] if record.get('error') else ''}); "
+            f"{folder}: the run that writes this folder has not finished (status {status}{error}); "
             "its final weights may be missing or partial: evaluate one of its checkpoint-N folders"
         )
 
@@ -352,7 +353,8 @@ class RunFolder:
         self.started = True
         self._attach_log()
         for line in header:  # into the file only: the console has shown them already
-            self._handler.handle(logging.makeLogRecord({"name": "slamkit", "levelno": logging.INFO, "levelname": "INFO", "msg": line}))
+            entry = {"name": "slamkit", "levelno": logging.INFO, "levelname": "INFO", "msg": line}
+            self._handler.handle(logging.makeLogRecord(entry))
 
     def finish(self, record: dict[str, Any]) -> None:
         """The final weights and trainer_state.json are written: the record says so, last."""
@@ -389,9 +391,3 @@ class RunFolder:
 
 METRICS_LOGGER = "slamkit.metrics"  # the Trainer's logged metrics: written to train_sft.log, not to the console
 logging.getLogger(METRICS_LOGGER).propagate = False  # the console already shows them (the Trainer prints them)
-
-
-@contextlib.contextmanager
-def no_folder() -> Iterator[None]:
-    """Stands in for :class:`RunFolder` on processes other than the main one (they never write the folder)."""
-    yield None

@@ -14,6 +14,7 @@ Fast paths (on by default; each leaves the result unchanged, see README "Perform
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -44,7 +45,6 @@ from slamkit.run_folder import (
     files_sha256,
     make_readable,
     newest_complete_checkpoint,
-    no_folder,
     write_record,
 )
 
@@ -427,7 +427,7 @@ def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
         )
     output_dir = Path(args.output_dir)
     main_process = args.process_index == 0
-    with RunFolder(output_dir) if main_process else no_folder() as folder:
+    with RunFolder(output_dir) if main_process else contextlib.nullcontext() as folder:  # rank 0 holds the folder
         if folder is not None:  # before anything is loaded: a folder that holds another run is refused here
             folder.claim(config.cont_training, config.overwrite)
         # Everything that can be checked without the weights is checked before loading them, the cheapest first.

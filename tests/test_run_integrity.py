@@ -335,7 +335,7 @@ def in_small_tmpfs(size: str, script: str, options: str = "") -> subprocess.Comp
 
 def test_step1_on_a_full_disk_writes_no_split_and_keeps_the_old_ones(tmp_path):
     """Step 1 into a folder that runs out of space half way: one line saying so, the previous three files intact."""
-    done = in_small_tmpfs("1m", f"""
+    done = in_small_tmpfs("1m", """
         python example_arc/prepare_arc_data.py --source example_arc/sample --output_dir "$FS/out" > /dev/null || exit 1
         md5sum "$FS"/out/* > "$ERR.before"
         head -c 500k /dev/zero > "$FS/filler"                       # room for part of a second copy, not all of it
