@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from slamkit.errors import EXIT_BAD_INPUT, SlamkitError, print_error
 from slamkit.evaluation import wilson_interval
 from slamkit.jsonl import output_set
 from slamkit.run_folder import RUN_RECORD, TRAINER_STATE, checkpoints, read_record
+
+log = logging.getLogger(__name__)
 
 SUMMARY_FILES = ("sweep_summary.csv", "sweep_summary.md", "sweep_curves.png")
 COLUMNS = ("job", "overrides", "status", "train_loss", "eval_loss", "eval_accuracy", "eval_n", "eval_ci95", "steps",
@@ -182,11 +185,12 @@ class SweepSummary(Callback):
             return
         written = write_summary(sweep_dir, jobs)
         best = best_job(jobs)
-        print(f"\nsweep summary ({len(jobs)} jobs, {sweep_dir}):\n{markdown_table(jobs)}", end="")
+        lines = [f"sweep summary ({len(jobs)} jobs, {sweep_dir}):", markdown_table(jobs).rstrip("\n")]
         if best is not None:
-            print(f"best validation accuracy: job {best.job} ({best.overrides or 'no overrides'}), "
-                  f"{100 * best.eval_accuracy:.2f}% of {best.eval_n}")
-        print("".join(f"wrote {path}\n" for path in written), end="")
+            lines.append(f"best validation accuracy: job {best.job} ({best.overrides or 'no overrides'}), "
+                         f"{100 * best.eval_accuracy:.2f}% of {best.eval_n}")
+        lines += [f"wrote {path}" for path in written]
+        log.info("\n".join(lines))
         failed = [job.job for job in jobs if job.status != "complete"]
         if failed:
             print_error(SlamkitError(

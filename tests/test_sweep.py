@@ -114,6 +114,7 @@ def test_submitit_local_sweep_runs_each_job_as_its_own_process(tiny_model, sampl
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in done.stdout + done.stderr
     assert_summary_is_each_jobs_own(sweep, jobs=2)
+    assert f"sweep summary (2 jobs, {sweep}):" in done.stdout and "best validation accuracy: job " in done.stdout
 
 
 def test_the_slurm_launcher_config_composes(tiny_model):
