@@ -53,12 +53,16 @@ def _steps_per_epoch(log_history: list[Mapping[str, Any]]) -> float | None:
 
 
 def _save_png(figure: Figure, path: str | Path, outputs: OutputSet | None = None) -> Path:
-    """Render ``figure`` as a PNG at ``path`` atomically (or as one file of ``outputs``) and return the path."""
+    """Render ``figure`` as a PNG at ``path`` atomically (or as one file of ``outputs``) and return the path.
+
+    Only a PNG written on its own is announced here: one of ``outputs`` exists only once the whole set is written,
+    and whoever writes the set says so."""
     path = Path(path)
     FigureCanvasAgg(figure)
     with atomic_output(path, mode="wb") if outputs is None else outputs.open(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=DPI)
-    logger.info("wrote %s", path)
+    if outputs is None:
+        logger.info("wrote %s", path)
     return path
 
 
