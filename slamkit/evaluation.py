@@ -98,7 +98,6 @@ def score_questions(
     order = list(range(len(questions)))
     if fast:
         order.sort(key=lambda i: len(questions[i].prompt_ids))
-    widest = max((len(q.choice_ids) for q in questions), default=0)
     results: list[Prediction | None] = [None] * len(questions)
     try:
         for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
@@ -108,9 +107,9 @@ def score_questions(
             attention_mask = right_pad([[1] * n for n in lengths], 0)
             keep = sorted({n - 1 for n in lengths}) if fast else list(range(input_ids.shape[1]))
             column = torch.tensor([keep.index(n - 1) for n in lengths])
-            # Candidate ids padded to the widest question; padded slots are masked to -inf.
-            candidates = right_pad([q.choice_ids + [0] * (widest - len(q.choice_ids)) for q in batch], 0)
-            valid = right_pad([[1] * len(q.choice_ids) + [0] * (widest - len(q.choice_ids)) for q in batch], 0).bool()
+            # Candidate ids padded with -1 to the batch's widest question; padded slots are masked to -inf.
+            candidates = right_pad([q.choice_ids for q in batch], -1).to(device)
+            valid = candidates >= 0
             logits = model(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
@@ -118,15 +117,15 @@ def score_questions(
                 use_cache=False,
             ).logits
             last = logits[torch.arange(len(batch), device=device), column.to(device)]  # [B, V]
-            chosen = last.gather(1, candidates.to(device)).float()
-            finite = (torch.isfinite(chosen) | ~valid.to(device)).all(dim=1).cpu()
+            chosen = last.gather(1, candidates.clamp(min=0)).float()
+            finite = (torch.isfinite(chosen) | ~valid).all(dim=1).cpu()
             if not bool(finite.all()):
                 bad = batch[int((~finite).nonzero()[0])]
                 raise SlamkitError(
                     f"question {bad.id}: the model's letter logits are not finite (nan or inf), so no accuracy is "
                     "reported; its weights are damaged (e.g. a training run that diverged)"
                 )
-            chosen = chosen.masked_fill(~valid.to(device), -math.inf)
+            chosen = chosen.masked_fill(~valid, -math.inf)
             probs = F.softmax(chosen, dim=-1).cpu()
             preds = chosen.argmax(dim=-1).cpu()
             for row, q in enumerate(batch):
