@@ -197,8 +197,6 @@ class SFTConfig:
             raise SlamkitError("training_args.output_dir is required: the folder of this run")
 
 
-
-
 def config_keys() -> list[str]:
     """Every key of the schema, dotted (``model``, ``model.base_model_name``, ``training_args.seed``, ...)."""
     keys: list[str] = []
@@ -220,11 +218,11 @@ def unknown_key_message(key: str) -> str:
     section, _, name = key.partition(".")
     if section == "training_args" and name in REMOVED_TRAINING_ARGS:
         return f"training_args.{name} was removed in transformers 5.x: write {REMOVED_TRAINING_ARGS[name]}"
-    keys = config_keys()
     if section == "training_args" and name:
         close = difflib.get_close_matches(name, sorted(TRAINING_ARGUMENT_NAMES), n=1)
         hint = f": did you mean training_args.{close[0]}?" if close else ""
         return f"{key} is not a transformers TrainingArguments field{hint}"
+    keys = config_keys()
     if section not in keys:
         candidates = [k for k in keys if "." not in k]
         target = section
