@@ -30,11 +30,6 @@ def printed_relabelled(stdout: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def step1(load_script):
-    return load_script(SCRIPT)
-
-
-@pytest.fixture(scope="module")
 def sample_dir(repo_root) -> Path:
     return repo_root / "example_arc" / "sample"
 

@@ -21,28 +21,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def step2(load_script):
-    return load_script(SCRIPT)
-
-
-@pytest.fixture(scope="module")
 def tokenizer_dir(repo_root) -> str:
     return str(repo_root / "example_arc" / "sample" / "qwen_tokenizer")
 
 
 @pytest.fixture(scope="module")
-def sample_conversations(load_script, repo_root, tmp_path_factory) -> Path:
-    """Step-1 output of the bundled sample (train 400, validation 100, test 200)."""
-    out = tmp_path_factory.mktemp("step1")
-    step1 = load_script("example_arc/prepare_arc_data.py")
-    assert step1.main(["--source", str(repo_root / "example_arc" / "sample"), "--output_dir", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def train_rows(step2, sample_conversations, tokenizer_dir, tmp_path_factory) -> tuple[list[dict], list[dict]]:
+def train_rows(step2, sample_step1, tokenizer_dir, tmp_path_factory) -> tuple[list[dict], list[dict]]:
     """(conversations, token rows) for the sample's train split, tokenized by step 2 in-process."""
-    data = sample_conversations / "arc_easy_train.jsonl"
+    data = sample_step1 / "arc_easy_train.jsonl"
     out = tmp_path_factory.mktemp("step2") / "train_tokens.jsonl"
     assert step2.main(["--data_path", str(data), "--out_path", str(out), "--tokenizer", tokenizer_dir]) == 0
     return read_jsonl(data), read_jsonl(out)
@@ -82,7 +68,7 @@ def test_rows_match_in_process_tokenizer(train_rows, qwen_tokenizer):
         assert row["input_ids"] == qwen_tokenizer.encode(text, add_special_tokens=False)
 
 
-def test_max_length_drops_and_counts(step2, train_rows, sample_conversations, tokenizer_dir, tmp_path, capsys):
+def test_max_length_drops_and_counts(step2, train_rows, sample_step1, tokenizer_dir, tmp_path, capsys):
     """--max_length keeps exactly the rows of at most that many tokens and prints how many it dropped."""
     _, rows = train_rows
     lengths = sorted(len(r["input_ids"]) for r in rows)
@@ -90,7 +76,7 @@ def test_max_length_drops_and_counts(step2, train_rows, sample_conversations, to
     expected_dropped = sum(n > limit for n in lengths)
     assert 0 < expected_dropped < len(rows)
     out = tmp_path / "short.jsonl"
-    argv = ["--data_path", str(sample_conversations / "arc_easy_train.jsonl"), "--out_path", str(out)]
+    argv = ["--data_path", str(sample_step1 / "arc_easy_train.jsonl"), "--out_path", str(out)]
     assert step2.main(argv + ["--tokenizer", tokenizer_dir, "--max_length", str(limit)]) == 0
     stdout = capsys.readouterr().out
     kept = read_jsonl(out)
@@ -100,10 +86,10 @@ def test_max_length_drops_and_counts(step2, train_rows, sample_conversations, to
     assert re.search(rf"examples\s+{len(kept):,}\s+\(dropped {expected_dropped:,} longer than {limit} tokens\)", stdout)
 
 
-def test_validation_and_test_rows(step2, sample_conversations, tokenizer_dir, tmp_path, capsys):
+def test_validation_and_test_rows(step2, sample_step1, tokenizer_dir, tmp_path, capsys):
     """The sample's validation and test splits (numeric-label questions relabelled in step 1) tokenize with the same invariants."""
     for split in ("validation", "test"):
-        data = sample_conversations / f"arc_easy_{split}.jsonl"
+        data = sample_step1 / f"arc_easy_{split}.jsonl"
         out = tmp_path / f"{split}_tokens.jsonl"
         assert step2.main(["--data_path", str(data), "--out_path", str(out), "--tokenizer", tokenizer_dir]) == 0
         check_rows(read_jsonl(data), read_jsonl(out))
@@ -138,12 +124,12 @@ def test_answer_not_among_choice_labels_exits_2(run_script, tokenizer_dir, tmp_p
     assert not out.exists()
 
 
-def test_tokenizer_without_chatml_tokens_is_an_error(step2, plain_tokenizer, sample_conversations, tmp_path):
+def test_tokenizer_without_chatml_tokens_is_an_error(step2, plain_tokenizer, sample_step1, tmp_path):
     """A local tokenizer folder whose vocabulary lacks ChatML tokens raises SlamkitError before any output is written."""
     folder = tmp_path / "plain_tokenizer"
     plain_tokenizer.save_pretrained(folder)
     out = tmp_path / "tokens.jsonl"
-    argv = ["--data_path", str(sample_conversations / "arc_easy_validation.jsonl"), "--out_path", str(out)]
+    argv = ["--data_path", str(sample_step1 / "arc_easy_validation.jsonl"), "--out_path", str(out)]
     with pytest.raises(SlamkitError, match=r"has no ChatML token <\|im_start\|>"):
         step2.main(argv + ["--tokenizer", str(folder)])
     assert not out.exists()
