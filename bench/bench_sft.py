@@ -46,7 +46,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from slamkit.arc import conversation_from_record
-from slamkit.chatml import IGNORE_INDEX, encode_examples
+from slamkit.chatml import IGNORE_INDEX, encode_examples, letter_token_ids
 from slamkit.config import SpeedSettings, training_arguments_settings
 from slamkit.data import TokenRow, check_token_row
 from slamkit.evaluation import Question, questions_from_conversations, score_questions
@@ -126,7 +126,7 @@ def arc_easy_data(shared: Path) -> BenchData:
     def rows(split: str) -> list[TokenRow]:
         found = conversations(split)
         encoded = encode_examples(tokenizer, [c.user_text for c in found], [c.assistant_text for c in found])
-        letters = {x: tokenizer.convert_tokens_to_ids(x) for x in "ABCDE"}
+        letters = letter_token_ids(tokenizer, [c.choice_labels for c in found], [c.id for c in found])
         return [
             check_token_row({"input_ids": e.input_ids, "labels": e.labels, "id": c.id,
                              "choice_ids": [letters[x] for x in c.choice_labels]}, c.id)
