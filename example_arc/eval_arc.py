@@ -14,16 +14,18 @@ import argparse
 from pathlib import Path
 
 from slamkit.arc import read_conversations
+from slamkit.chatml import prompt_format
 from slamkit.errors import run_main
 from slamkit.evaluation import (
     add_eval_arguments,
+    check_eval_arguments,
     check_output_dir,
     eval_settings,
     first_problems,
     run_categorical,
 )
 from slamkit.model import choose_device, choose_dtype, load_causal_lm, load_tokenizer
-from slamkit.run_folder import check_run_finished
+from slamkit.run_folder import check_run_finished, read_record
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
@@ -36,8 +38,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def trained_format(folder: Path, requested: str | None) -> str:
+    """The prompt format to score in: ``--prompt_format`` when given (a note when it is not the one the checkpoint
+    was trained in), else the checkpoint's own (its run record), else ``seed``."""
+    record = read_record(folder) if folder.is_dir() else None
+    trained = ((record or {}).get("effective") or {}).get("prompt_format")
+    if requested is not None and trained is not None and requested != trained:
+        print(f"note: {folder} was trained with --prompt_format {trained}; scoring it with {requested} as asked")
+    return requested or trained or "seed"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_eval_arguments(args)
     check_output_dir(args.output_dir, args.overwrite)
     records = first_problems(read_conversations(args.data_path, require_choices=True), args.max_problems)
     device = choose_device(args.device)
@@ -51,10 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tokenizer_name = args.model_path
     tokenizer = load_tokenizer(tokenizer_name)
+    fmt = prompt_format(trained_format(folder, args.prompt_format), tokenizer)
     settings = eval_settings(
-        args.model_path, tokenizer_name, args.data_path, "categorical", args.batch_size, args.max_problems, device, dtype
+        args.model_path, tokenizer_name, args.data_path, "categorical", args.batch_size, args.max_problems, device,
+        dtype, fmt,
     )
-    _, lines = run_categorical(model, tokenizer, records, settings, args.output_dir)
+    _, lines = run_categorical(model, tokenizer, records, settings, args.output_dir, fmt)
     print("\n".join(lines))
     return 0
 

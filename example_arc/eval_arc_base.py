@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from slamkit.arc import read_conversations
+from slamkit.chatml import prompt_format
 from slamkit.cloze import score_cloze
-from slamkit.errors import run_main
+from slamkit.errors import SlamkitError, run_main
 from slamkit.evaluation import (
     add_eval_arguments,
+    check_eval_arguments,
     check_output_dir,
     eval_settings,
     first_problems,
@@ -27,6 +30,7 @@ from slamkit.evaluation import (
     write_outputs,
 )
 from slamkit.model import choose_device, choose_dtype, load_causal_lm, load_tokenizer
+from slamkit.run_folder import check_run_finished
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,17 +47,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_eval_arguments(args)
+    if args.scoring == "cloze" and args.prompt_format is not None:
+        raise SlamkitError("--prompt_format applies to categorical scoring; cloze uses the harness's own prompt")
     check_output_dir(args.output_dir, args.overwrite)
     records = first_problems(read_conversations(args.data_path, require_choices=True), args.max_problems)
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
+    check_run_finished(Path(args.model_name))  # a slamkit run folder must be finished; other folders pass
     tokenizer = load_tokenizer(args.model_name)
     model = load_causal_lm(args.model_name, dtype).to(device)
+    fmt = prompt_format(args.prompt_format or "seed", tokenizer) if args.scoring == "categorical" else None
     settings = eval_settings(
-        args.model_name, args.model_name, args.data_path, args.scoring, args.batch_size, args.max_problems, device, dtype
+        args.model_name, args.model_name, args.data_path, args.scoring, args.batch_size, args.max_problems, device,
+        dtype, fmt,
     )
-    if args.scoring == "categorical":
-        _, lines = run_categorical(model, tokenizer, records, settings, args.output_dir)
+    if fmt is not None:
+        _, lines = run_categorical(model, tokenizer, records, settings, args.output_dir, fmt)
         print("\n".join(lines))
         return 0
     start = time.perf_counter()
@@ -76,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
              "pred_norm": r["choice_labels"][p.pred_norm], "loglik": dict(zip(r["choice_labels"], p.loglik, strict=True))}
             for p, r in zip(predictions, records, strict=True)
         ]
-        for path in write_outputs(args.output_dir, results, lines, confusion=None):
+        letters = sorted({letter for r in records for letter in r["choice_labels"]})
+        confusion = ([line["gold"] for line in lines], [line["pred"] for line in lines], letters)  # acc's predictions
+        for path in write_outputs(args.output_dir, results, lines, confusion):
             print(f"wrote {path}")
     return 0
 

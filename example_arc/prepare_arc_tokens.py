@@ -3,7 +3,10 @@
     python example_arc/prepare_arc_tokens.py --data_path example_arc/arc_easy_train.jsonl \\
         --out_path example_arc/arc_easy_train_tokens.jsonl --tokenizer Qwen/Qwen3-0.6B
 
-Only the answer tokens and the closing <|im_end|> are supervised (labels = -100 elsewhere). Rows also carry
+Only the answer tokens and the closing <|im_end|> are supervised (labels = -100 elsewhere). ``--prompt_format
+chat_template`` renders the prompt with the tokenizer's own chat template, thinking off (Qwen3: an empty think
+block after the assistant header; Qwen2.5: its default system turn) instead of the reference's plain ChatML; the
+rows record the format, and training and evaluation use it. Rows also carry
 ``id`` and, when the input has ``choice_labels``, ``choice_ids`` (the token id of each offered letter), which
 training uses to report categorical validation accuracy with the same evaluator as step 4.
 """
@@ -15,9 +18,17 @@ import argparse
 from tqdm import tqdm
 
 from slamkit.arc import read_conversations
-from slamkit.chatml import IGNORE_INDEX, chatml_ids, encode_examples, letter_token_ids
+from slamkit.chatml import (
+    IGNORE_INDEX,
+    PROMPT_FORMATS,
+    PromptFormat,
+    chatml_ids,
+    encode_examples,
+    letter_token_ids,
+    prompt_format,
+)
 from slamkit.errors import SlamkitError, run_main
-from slamkit.jsonl import write_jsonl
+from slamkit.jsonl import refuse_input_as_output, write_jsonl
 from slamkit.model import load_tokenizer
 
 CHUNK = 512  # conversations per batched tokenizer call
@@ -29,14 +40,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out_path", required=True, help="token rows jsonl to write")
     parser.add_argument("--tokenizer", default="Qwen/Qwen3-0.6B", help="hub id or local tokenizer folder")
     parser.add_argument("--max_length", type=int, default=None, help="drop (and count) longer examples")
+    parser.add_argument(
+        "--prompt_format", default="seed", choices=PROMPT_FORMATS,
+        help="seed: the reference's ChatML prompt (default); chat_template: the tokenizer's own template, thinking off",
+    )
     args = parser.parse_args(argv)
     if args.max_length is not None and args.max_length < 2:
         parser.error("--max_length must be at least 2")
     return args
 
 
-def tokenize(records: list[dict], tokenizer) -> list[dict]:
-    """Token rows for ``records`` (batched, with a progress bar)."""
+def tokenize(records: list[dict], tokenizer, fmt: PromptFormat) -> list[dict]:
+    """Token rows for ``records`` in the prompt format ``fmt`` (batched, with a progress bar)."""
     rows = []
     chatml_ids(tokenizer)  # the checks that need no example run before the progress bar starts
     offered = [r for r in records if "choice_labels" in r]
@@ -49,11 +64,14 @@ def tokenize(records: list[dict], tokenizer) -> list[dict]:
                 [r["user_text"] for r in chunk],
                 [r["assistant_text"] for r in chunk],
                 names=[r["_where"] for r in chunk],
+                fmt=fmt,
             )
             for record, example in zip(chunk, encoded, strict=True):
                 row = {"input_ids": example.input_ids, "labels": example.labels, "attention_mask": [1] * len(example.input_ids)}
                 if "id" in record:
                     row = {"id": record["id"], **row}
+                if fmt.name != "seed":  # rows without the field are in the seed format
+                    row["prompt_format"] = fmt.name
                 if "choice_labels" in record:
                     row["choice_ids"] = [letter_ids[x] for x in record["choice_labels"]]
                     gold = row["choice_ids"][record["choice_labels"].index(record["assistant_text"])]
@@ -68,9 +86,11 @@ def tokenize(records: list[dict], tokenizer) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    refuse_input_as_output(args.out_path, [args.data_path], "--out_path")
     records = read_conversations(args.data_path)
     tokenizer = load_tokenizer(args.tokenizer)
-    rows = tokenize(records, tokenizer)
+    fmt = prompt_format(args.prompt_format, tokenizer)
+    rows = tokenize(records, tokenizer, fmt)
     dropped = 0
     if args.max_length is not None:
         kept = [r for r in rows if len(r["input_ids"]) <= args.max_length]
@@ -83,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     supervised = sum(sum(label != IGNORE_INDEX for label in r["labels"]) for r in rows)
     total = sum(lengths)
     print(f"{args.data_path} -> {args.out_path}  (tokenizer {args.tokenizer})")
+    if fmt.name != "seed":
+        print(f"  prompt       {fmt.name}: {fmt.prompt('{user_text}')!r}")
     print(f"  examples     {len(rows):,}" + (f"  (dropped {dropped:,} longer than {args.max_length} tokens)" if args.max_length else ""))
     print(f"  tokens       {total:,} total = {total - supervised:,} masked + {supervised:,} supervised")
     print(f"  length       mean {total / len(rows):.1f}, max {max(lengths)}")

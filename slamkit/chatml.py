@@ -9,6 +9,9 @@ The prompt and the completion are encoded separately and concatenated, so the pr
 prefix of the training ids, by construction. Only the completion (the answer tokens and the closing
 ``<|im_end|>``) is supervised; the role header ``<|im_start|>assistant\\n`` is part of the prompt and is not
 (the reference trained on it too; TRL, LLaMA-Factory and nanochat do not).
+
+That is the ``seed`` :class:`PromptFormat`, the default. ``chat_template`` renders the prompt with the tokenizer's
+own chat template, thinking off (:func:`chat_template_format`), and the same code encodes, masks and scores it.
 """
 
 from __future__ import annotations
@@ -23,9 +26,34 @@ IM_END = "<|im_end|>"
 IGNORE_INDEX = -100  # label of a position that carries no loss (torch's cross_entropy ignore_index)
 
 
-def render_prompt(user_text: str) -> str:
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a user turn becomes the prompt the model answers after: ``head + user_text + tail``.
+
+    ``seed`` (the default, :data:`SEED_FORMAT`) is the reference example's ChatML with no system turn; a
+    ``chat_template`` format is the tokenizer's own chat template with thinking off (:func:`chat_template_format`).
+    The completion is always ``assistant_text + <|im_end|>``.
+    """
+
+    name: str
+    head: str
+    tail: str
+
+    def prompt(self, user_text: str) -> str:
+        return f"{self.head}{user_text}{self.tail}"
+
+    def example(self, user_text: str, assistant_text: str) -> str:
+        return self.prompt(user_text) + render_completion(assistant_text)
+
+
+SEED_FORMAT = PromptFormat("seed", f"{IM_START}user\n", f"{IM_END}\n{IM_START}assistant\n")
+PROMPT_FORMATS = ("seed", "chat_template")
+_PLACEHOLDER = "SLAMKIT-USER-TEXT-8f14e45f"  # stands for the user text while a chat template is rendered
+
+
+def render_prompt(user_text: str, fmt: PromptFormat = SEED_FORMAT) -> str:
     """The text the model reads before it answers: the user turn and the assistant's role header."""
-    return f"{IM_START}user\n{user_text}{IM_END}\n{IM_START}assistant\n"
+    return fmt.prompt(user_text)
 
 
 def render_completion(assistant_text: str) -> str:
@@ -33,9 +61,53 @@ def render_completion(assistant_text: str) -> str:
     return f"{assistant_text}{IM_END}"
 
 
-def render_example(user_text: str, assistant_text: str) -> str:
+def render_example(user_text: str, assistant_text: str, fmt: PromptFormat = SEED_FORMAT) -> str:
     """A whole training example: prompt + completion."""
-    return render_prompt(user_text) + render_completion(assistant_text)
+    return fmt.example(user_text, assistant_text)
+
+
+def chat_template_format(tokenizer) -> PromptFormat:
+    """The tokenizer's own chat template, thinking off, as a :class:`PromptFormat`; refused unless prefix-stable.
+
+    The prompt is ``apply_chat_template([user], add_generation_prompt=True, enable_thinking=False)`` (Qwen3: the
+    empty ``<think>\\n\\n</think>\\n\\n`` block after the assistant header; Qwen2.5: its default system turn).
+    It must hold the user text verbatim, once, and the whole conversation rendered by the same template must be
+    exactly that prompt followed by the answer and ``<|im_end|>`` (a trailing newline allowed): otherwise what is
+    trained and what is scored would not be the template's text, and the format is refused.
+    """
+    name = _tokenizer_name(tokenizer)
+    if not getattr(tokenizer, "chat_template", None):
+        raise SlamkitError(f"tokenizer {name}: has no chat template; use --prompt_format seed")
+    user = [{"role": "user", "content": _PLACEHOLDER}]
+    answer = "B"
+    try:
+        prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, enable_thinking=False, tokenize=False)
+        whole = tokenizer.apply_chat_template(
+            [*user, {"role": "assistant", "content": answer}], enable_thinking=False, tokenize=False
+        )
+    except Exception as err:  # a template is user-supplied Jinja: any failure of it is the template's
+        raise SlamkitError(f"tokenizer {name}: its chat template fails to render ({err})") from None
+    if prompt.count(_PLACEHOLDER) != 1 or IM_START not in prompt:
+        raise SlamkitError(
+            f"tokenizer {name}: its chat template does not render the user text verbatim in a ChatML prompt; "
+            "use --prompt_format seed"
+        )
+    head, tail = prompt.split(_PLACEHOLDER)
+    if not (whole.startswith(prompt) and whole[len(prompt):] in (render_completion(answer), render_completion(answer) + "\n")):
+        raise SlamkitError(
+            f"tokenizer {name}: its chat template is not prefix-stable (the conversation with the answer does not "
+            "begin with the prompt and end with the answer + <|im_end|>); use --prompt_format seed"
+        )
+    return PromptFormat("chat_template", head, tail)
+
+
+def prompt_format(name: str, tokenizer) -> PromptFormat:
+    """``seed`` or ``chat_template`` (of ``tokenizer``) by name."""
+    if name == "seed":
+        return SEED_FORMAT
+    if name == "chat_template":
+        return chat_template_format(tokenizer)
+    raise SlamkitError(f"prompt format {name!r} is not one of {', '.join(PROMPT_FORMATS)}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +137,14 @@ def chatml_ids(tokenizer) -> ChatMLIds:
                 "defines <|im_start|> and <|im_end|> (every Qwen tokenizer does)"
             )
         encoded = tokenizer.encode(marker, add_special_tokens=False)
+        added = tokenizer.added_tokens_decoder.get(vocab[marker])
+        if added is None or not added.special:
+            kind = "a plain vocabulary entry" if added is None else "an added token"
+            raise SlamkitError(
+                f"tokenizer {_tokenizer_name(tokenizer)}: {marker} is {kind}, not a special token, so text in the "
+                "data could forge a turn; register it as special (tokenizer.add_special_tokens("
+                "{'additional_special_tokens': ['<|im_start|>', '<|im_end|>']}) and save the tokenizer)"
+            )
         if encoded != [vocab[marker]]:
             raise SlamkitError(
                 f"tokenizer {_tokenizer_name(tokenizer)}: {marker} is not encoded as its single special token "
@@ -89,6 +169,9 @@ def single_token_ids(tokenizer, texts: Sequence[str], what: str = "choice letter
                 f"tokenizer {_tokenizer_name(tokenizer)}: {what} {text!r} is not in the vocabulary "
                 f"(it encodes to id {ids[0]}, which decodes to {tokenizer.decode(ids)!r})"
             )
+        added = tokenizer.added_tokens_decoder.get(ids[0])
+        if added is not None and added.special:  # e.g. a label "<|im_end|>": it would be scored as the control token
+            raise SlamkitError(f"tokenizer {_tokenizer_name(tokenizer)}: {what} {text!r} is a special token, not text")
         result.append(ids[0])
     return result
 
@@ -112,19 +195,34 @@ def _encode_text(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
-def encode_prompts(tokenizer, user_texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of ``render_prompt(u)`` for each user text (batched).
+def _last_marker_end(text: str, markers: Sequence[str]) -> int:
+    return max((text.rfind(m) + len(m) for m in markers if m in text), default=0)
 
-    The markers are the tokenizer's own ids; the text between them is encoded as text, so a user text that
-    contains ``<|im_end|>`` or ``<|im_start|>`` stays those characters and can never forge a turn. Special
-    tokens split a string into pieces that are tokenized independently, so for ordinary text these are
-    exactly the ids of encoding the whole rendered string at once.
+
+def _first_marker_start(text: str, markers: Sequence[str]) -> int:
+    return min((text.find(m) for m in markers if m in text), default=len(text))
+
+
+def encode_prompts(tokenizer, user_texts: Sequence[str], fmt: PromptFormat = SEED_FORMAT) -> list[list[int]]:
+    """Token ids of ``fmt.prompt(u)`` for each user text (batched).
+
+    The format's markers are the tokenizer's own tokens; the user text, with the plain text around it up to the
+    nearest marker (``user\\n`` before it in the seed format), is encoded as text, so a user text that contains
+    ``<|im_end|>`` or ``<|im_start|>`` stays those characters and can never forge a turn. Special tokens split a
+    string into pieces that are tokenized independently, so for ordinary text these are exactly the ids of encoding
+    the whole rendered string at once.
     """
-    markers = chatml_ids(tokenizer)
-    users = _encode_text(tokenizer, [f"user\n{u}" for u in user_texts])
-    newline, header = _encode_text(tokenizer, ["\n", "assistant\n"])
-    tail = [markers.im_end, *newline, markers.im_start, *header]
-    return [[markers.im_start, *user, *tail] for user in users]
+    chatml_ids(tokenizer)
+    markers = list(tokenizer.get_added_vocab())
+    cut_head, cut_tail = _last_marker_end(fmt.head, markers), _first_marker_start(fmt.tail, markers)
+    before, after = _template_ids(tokenizer, [fmt.head[:cut_head], fmt.tail[cut_tail:]])
+    users = _encode_text(tokenizer, [f"{fmt.head[cut_head:]}{u}{fmt.tail[:cut_tail]}" for u in user_texts])
+    return [[*before, *user, *after] for user in users]
+
+
+def _template_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Ids of a format's own text, its markers as their tokens."""
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] if text else [] for text in texts]
 
 
 @dataclass(frozen=True)
@@ -141,12 +239,16 @@ class EncodedExample:
 
 
 def encode_examples(
-    tokenizer, user_texts: Sequence[str], assistant_texts: Sequence[str], names: Sequence[str] | None = None
+    tokenizer,
+    user_texts: Sequence[str],
+    assistant_texts: Sequence[str],
+    names: Sequence[str] | None = None,
+    fmt: PromptFormat = SEED_FORMAT,
 ) -> list[EncodedExample]:
     """Encode prompt + completion pairs with the label mask; batched.
 
     Invariants checked here for every example (an exception names the example otherwise): decoding
-    ``input_ids`` reproduces ``render_example`` exactly, and the supervised ids end with ``<|im_end|>``. The
+    ``input_ids`` reproduces ``fmt.example(user, answer)`` exactly, and the supervised ids end with ``<|im_end|>``. The
     texts are encoded as text (see :func:`encode_prompts`). With the Qwen tokenizer bundled in the repository:
 
     >>> from transformers import AutoTokenizer
@@ -161,7 +263,7 @@ def encode_examples(
         raise ValueError("user_texts and assistant_texts differ in length")
     names = names if names is not None else [f"example {i}" for i in range(len(user_texts))]
     markers = chatml_ids(tokenizer)
-    prompt_ids = encode_prompts(tokenizer, user_texts)
+    prompt_ids = encode_prompts(tokenizer, user_texts, fmt)
     completion_ids = [answer + [markers.im_end] for answer in _encode_text(tokenizer, assistant_texts)]
     examples = []
     for name, user, assistant, prompt, completion in zip(
@@ -171,7 +273,7 @@ def encode_examples(
             raise SlamkitError(f"{name}: assistant_text {assistant!r} does not encode to answer tokens + <|im_end|>")
         input_ids = prompt + completion
         decoded = tokenizer.decode(input_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if decoded != render_example(user, assistant):
+        if decoded != fmt.example(user, assistant):
             raise SlamkitError(
                 f"{name}: tokenizer {_tokenizer_name(tokenizer)} does not reproduce the text exactly "
                 "(decode(encode(text)) != text)"

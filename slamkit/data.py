@@ -1,7 +1,7 @@
 """Step-2 token rows for training: loading, checking, and the collator (packed or padded).
 
-A token row is ``{"input_ids": [...], "labels": [...], "attention_mask": [...]}`` (``id`` and ``choice_ids``
-optional), as written by ``example_arc/prepare_arc_tokens.py``. ``labels[i]`` is the id to predict at
+A token row is ``{"input_ids": [...], "labels": [...], "attention_mask": [...]}`` (``id``, ``choice_ids`` and
+``prompt_format`` optional; rows without ``prompt_format`` are in the ``seed`` format), as written by ``example_arc/prepare_arc_tokens.py``. ``labels[i]`` is the id to predict at
 position ``i`` (unshifted, -100 where unsupervised), the Hugging Face convention.
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DataCollatorWithFlattening
 
-from slamkit.chatml import IGNORE_INDEX
+from slamkit.chatml import IGNORE_INDEX, PROMPT_FORMATS
 from slamkit.errors import SlamkitError
 from slamkit.jsonl import read_jsonl
 
@@ -27,6 +27,7 @@ class TokenRow:
     labels: list[int]
     id: str | None = None
     choice_ids: list[int] | None = None
+    prompt_format: str = "seed"  # how the prompt was rendered (slamkit.chatml.PROMPT_FORMATS)
 
     @property
     def prompt_length(self) -> int:
@@ -35,13 +36,15 @@ class TokenRow:
 
 
 def expand_paths(paths: str | Sequence[str]) -> list[Path]:
-    """A path, a glob, or a list of them → the files, in order; a pattern matching nothing is an error."""
+    """A path, a glob, or a list of them → the files, in order; a pattern matching nothing is an error. A path
+    that exists is taken as it is, even when it looks like a glob."""
     patterns = [paths] if isinstance(paths, str) else list(paths)
     if not patterns:
         raise SlamkitError("no data files given")
     files: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(str(pattern))) if glob.has_magic(str(pattern)) else [str(pattern)]
+        literal = Path(pattern).exists() or not glob.has_magic(str(pattern))  # "data[1].jsonl" that exists is that file
+        matches = [str(pattern)] if literal else sorted(glob.glob(str(pattern)))
         if not matches:
             raise SlamkitError(f"{pattern}: no file matches")
         files.extend(Path(m) for m in matches)
@@ -101,7 +104,11 @@ def check_token_row(record: dict, where: str, max_length: int | None = None, voc
         first = labels.index(next(label for label in labels if label != IGNORE_INDEX))
         if input_ids[first] not in choice_ids:
             raise SlamkitError(f"{where}: the answer token {input_ids[first]} is not among choice_ids {choice_ids}")
-    return TokenRow(input_ids=input_ids, labels=labels, id=record.get("id"), choice_ids=choice_ids)
+    prompt_format = record.get("prompt_format", "seed")
+    if prompt_format not in PROMPT_FORMATS:
+        raise SlamkitError(f"{where}: prompt_format {prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}")
+    return TokenRow(input_ids=input_ids, labels=labels, id=record.get("id"), choice_ids=choice_ids,
+                    prompt_format=prompt_format)
 
 
 def load_token_rows(
@@ -118,6 +125,19 @@ def load_token_rows(
             if limit is not None and len(rows) >= limit:
                 return rows
     return rows
+
+
+def rows_prompt_format(groups: Sequence[tuple[str, Sequence[TokenRow]]]) -> str:
+    """The one prompt format of every row in ``groups`` (``(name, rows)`` pairs); rows of two formats are refused:
+    a model trained on one format and validated or scored on another measures the mismatch."""
+    formats = {(name, row.prompt_format) for name, rows in groups for row in rows}
+    if len({fmt for _, fmt in formats}) > 1:
+        found = ", ".join(f"{name}: {fmt}" for name, fmt in sorted(formats))
+        raise SlamkitError(
+            f"token rows of different prompt formats ({found}): make them all with the same "
+            "prepare_arc_tokens.py --prompt_format"
+        )
+    return next(iter(formats))[1] if formats else "seed"
 
 
 class TokenDataset(torch.utils.data.Dataset):

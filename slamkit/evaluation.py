@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from slamkit.chatml import encode_prompts, letter_token_ids
+from slamkit.chatml import PROMPT_FORMATS, SEED_FORMAT, PromptFormat, encode_prompts, letter_token_ids
 from slamkit.data import right_pad
 from slamkit.errors import SlamkitError
 from slamkit.jsonl import output_set, write_json_document, write_jsonl_lines
@@ -53,10 +53,12 @@ class Prediction:
         return self.gold == self.pred
 
 
-def questions_from_conversations(tokenizer, records: Sequence[dict], names: Sequence[str]) -> list[Question]:
-    """Questions from step-1 records (``user_text``, ``assistant_text``, ``choice_labels``); a letter that is not
-    one token is an error naming its record (``names``)."""
-    prompts = encode_prompts(tokenizer, [r["user_text"] for r in records])
+def questions_from_conversations(
+    tokenizer, records: Sequence[dict], names: Sequence[str], fmt: PromptFormat = SEED_FORMAT
+) -> list[Question]:
+    """Questions from step-1 records (``user_text``, ``assistant_text``, ``choice_labels``), prompts in ``fmt``; a
+    letter that is not one token is an error naming its record (``names``)."""
+    prompts = encode_prompts(tokenizer, [r["user_text"] for r in records], fmt)
     letter_ids = letter_token_ids(tokenizer, [r["choice_labels"] for r in records], names)
     questions = []
     for record, name, prompt in zip(records, names, prompts, strict=True):  # checked by arc.read_conversations
@@ -183,15 +185,32 @@ class EvalResult:
 
 
 def first_problems(records: list[dict], max_problems: int | None) -> list[dict]:
-    """The first ``max_problems`` records in file order (all when None)."""
+    """The first ``max_problems`` records in file order (all when None); an id that repeats among them is refused
+    (it would be scored, and counted, twice)."""
     if max_problems is not None and max_problems < 1:
         raise SlamkitError(f"--max_problems must be at least 1, got {max_problems}")
-    return records if max_problems is None else records[:max_problems]
+    chosen = records if max_problems is None else records[:max_problems]
+    seen: dict[str, str] = {}
+    for record in chosen:
+        if "id" in record:
+            key = str(record["id"])
+            if key in seen:
+                raise SlamkitError(f"{record['_where']}: duplicate id {key!r} (first at {seen[key]})")
+            seen[key] = record["_where"]
+    return chosen
 
 
-def evaluate_categorical(model, tokenizer, records: list[dict], batch_size: int) -> EvalResult:
-    """Score step-1 records (from :func:`slamkit.arc.read_conversations`) categorically."""
-    questions = questions_from_conversations(tokenizer, records, [r["_where"] for r in records])
+def check_eval_arguments(args) -> None:
+    """The flags both evaluation scripts share, checked before anything is read."""
+    if args.batch_size < 1:
+        raise SlamkitError(f"--batch_size must be at least 1, got {args.batch_size}")
+
+
+def evaluate_categorical(
+    model, tokenizer, records: list[dict], batch_size: int, fmt: PromptFormat = SEED_FORMAT
+) -> EvalResult:
+    """Score step-1 records (from :func:`slamkit.arc.read_conversations`) categorically, prompts in ``fmt``."""
+    questions = questions_from_conversations(tokenizer, records, [r["_where"] for r in records], fmt)
     predictions = score_questions(model, questions, batch_size)
     return EvalResult(records=records, predictions=predictions, questions=questions)
 
@@ -245,6 +264,11 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16")
     parser.add_argument("--output_dir", default=None, help="write results.json, predictions.jsonl, confusion_matrix.png")
     parser.add_argument("--overwrite", action="store_true", help="replace the evaluation already in --output_dir")
+    parser.add_argument(
+        "--prompt_format", default=None, choices=PROMPT_FORMATS,
+        help="categorical prompts: seed (the reference's ChatML) or chat_template (the tokenizer's own, thinking "
+        "off); default: the format a checkpoint was trained in (its slamkit_run.yaml), else seed",
+    )
 
 
 EVAL_FILES = ("results.json", "predictions.jsonl", "confusion_matrix.png")
@@ -300,24 +324,29 @@ def write_eval_outputs(output_dir, result: EvalResult, settings: dict) -> list[s
 
 def eval_settings(
     model: str, tokenizer: str, data_path: str, scoring: str, batch_size: int, max_problems: int | None,
-    device: torch.device, dtype: torch.dtype,
+    device: torch.device, dtype: torch.dtype, fmt: PromptFormat | None = None,
 ) -> dict:
-    """What ``results.json`` records about how the figure was produced."""
-    return {
+    """What ``results.json`` records about how the figure was produced (``fmt``: the categorical prompt format)."""
+    settings = {
         "model": model, "tokenizer": tokenizer, "data_path": data_path, "scoring": scoring, "batch_size": batch_size,
         "max_problems": max_problems, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
     }
+    if fmt is not None:
+        settings.update(prompt_format=fmt.name, prompt=fmt.prompt("{user_text}"))
+    return settings
 
 
 def run_categorical(
-    model, tokenizer, records: list[dict], settings: dict, output_dir: str | None
+    model, tokenizer, records: list[dict], settings: dict, output_dir: str | None, fmt: PromptFormat = SEED_FORMAT
 ) -> tuple[EvalResult, list[str]]:
-    """Score ``records`` and write the outputs; return the result and the lines a script prints."""
+    """Score ``records`` with prompts in ``fmt`` and write the outputs; return the result and the lines a script
+    prints."""
     start = time.perf_counter()
-    result = evaluate_categorical(model, tokenizer, records, settings["batch_size"])
+    result = evaluate_categorical(model, tokenizer, records, settings["batch_size"], fmt)
+    shown = "" if fmt.name == "seed" else f", prompt format {fmt.name}"
     lines = [
         f"{settings['model']} on {settings['data_path']}: {result.total} questions, {settings['device']} "
-        f"{settings['dtype']}, {time.perf_counter() - start:.1f} s",
+        f"{settings['dtype']}{shown}, {time.perf_counter() - start:.1f} s",
         summary_line(result.correct, result.total),
     ]
     if output_dir:

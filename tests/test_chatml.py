@@ -114,10 +114,11 @@ def test_tokenizer_without_chatml_tokens_is_an_error(plain_tokenizer):
 
 
 def test_chatml_marker_that_is_not_a_special_token_is_an_error(plain_tokenizer_factory):
-    """A vocabulary entry "<|im_start|>" that the tokenizer splits into several ids raises SlamkitError."""
+    """A vocabulary entry "<|im_start|>" that is no special token (here the tokenizer even splits it into several
+    ids) raises SlamkitError: data text could forge a turn."""
     tokenizer = plain_tokenizer_factory(extra_words=("<|im_start|>", "<|im_end|>"))
     assert len(tokenizer.encode("<|im_start|>", add_special_tokens=False)) != 1
-    with pytest.raises(SlamkitError, match="is not encoded as its single special token"):
+    with pytest.raises(SlamkitError, match="<\\|im_start\\|> is a plain vocabulary entry, not a special token"):
         chatml_ids(tokenizer)
 
 
