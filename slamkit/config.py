@@ -27,6 +27,7 @@ from transformers import TrainingArguments
 from slamkit.errors import SlamkitError
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+CPU_BF16_CHOICES = ("auto", "force")
 
 # TrainingArguments keys that transformers 5.x no longer accepts, and what to write instead.
 REMOVED_TRAINING_ARGS = {
@@ -174,6 +175,13 @@ class SpeedSettings:
     packing: bool = True  # one padding-free row per micro-batch, LM head only at the supervised positions
     single_micro_batch: bool = True  # per-device batch x accumulation run as one micro-batch
     compile: bool = False  # torch.compile each decoder layer (regional), dynamic shapes
+    # training_args.bf16 on a CPU: "auto" autocasts only where the CPU computes bfloat16 natively (AVX512-BF16 or
+    # AMX) and trains in float32 elsewhere (on AVX2 bf16 autocast is several times slower); "force" autocasts anyway
+    cpu_bf16: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.cpu_bf16 not in CPU_BF16_CHOICES:
+            raise SlamkitError(f"speed.cpu_bf16={self.cpu_bf16!r}: must be one of {', '.join(CPU_BF16_CHOICES)}")
 
 
 @dataclass

@@ -19,7 +19,9 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,12 +35,20 @@ from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArgum
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from slamkit import __version__
-from slamkit.chatml import IGNORE_INDEX, chatml_ids
+from slamkit.chatml import IGNORE_INDEX, PromptFormat, chatml_ids, prompt_format
 from slamkit.config import SFTConfig, SpeedSettings
-from slamkit.data import SFTCollator, TokenDataset, TokenRow, expand_paths, load_token_rows
-from slamkit.errors import SlamkitError
+from slamkit.data import SFTCollator, TokenDataset, TokenRow, expand_paths, load_token_rows, rows_prompt_format
+from slamkit.errors import Interrupted, SlamkitError
 from slamkit.jsonl import DISK_ERRORS
-from slamkit.model import build_model, embedding_rows, load_model_config, load_tokenizer, parse_dtype
+from slamkit.model import (
+    build_model,
+    cpu_description,
+    cpu_native_bf16,
+    embedding_rows,
+    load_model_config,
+    load_tokenizer,
+    parse_dtype,
+)
 from slamkit.run_folder import (
     METRICS_LOGGER,
     RunFolder,
@@ -78,12 +88,20 @@ def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation
                 f"training_args.bf16=true but {torch.cuda.get_device_name()} has no bf16: "
                 "set training_args.bf16=false (float32) or training_args.fp16=true"
             )
-        precision = "bf16 autocast, float32 weights" if settings.bf16 else "float32"
+        precision = "bf16 autocast" if settings.bf16 else "float32"
         log.info("precision: %s on CUDA (%s)", precision, torch.cuda.get_device_name())
     else:
         changes["use_cpu"] = True
-        precision = "bf16 autocast (float32 weights)" if settings.bf16 else "float32"
-        log.info("precision: no CUDA device, training on CPU in %s", precision)
+        if settings.bf16 and speed.cpu_bf16 == "auto" and not cpu_native_bf16():
+            changes["bf16"] = False
+            log.info(
+                "precision: no CUDA device, training on CPU in float32: this CPU (%s) has no native bfloat16, where "
+                "bf16 autocast is several times slower than float32 (speed.cpu_bf16=force to autocast anyway)",
+                cpu_description(),
+            )
+        else:
+            precision = "bf16 autocast" if settings.bf16 else "float32"
+            log.info("precision: no CUDA device, training on CPU (%s) in %s", cpu_description(), precision)
     reporters = settings.report_to or []
     for name in ("tensorboard", "wandb"):
         if name in ([reporters] if isinstance(reporters, str) else reporters) and not _integration_available(name):
@@ -94,7 +112,10 @@ def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation
     # (not an argument of model.forward) before collation, and validation accuracy with them.
     changes["remove_unused_columns"] = False
     per_device, accumulation = settings.per_device_train_batch_size, settings.gradient_accumulation_steps
-    if speed.single_micro_batch and accumulation > 1:
+    if speed.single_micro_batch and accumulation > 1 and settings.dataloader_drop_last:
+        # one micro-batch of b·g would drop up to b·g-1 rows per epoch where b x g drops at most b-1: not the same run
+        log.info("speed.single_micro_batch: not applied with training_args.dataloader_drop_last=true")
+    elif speed.single_micro_batch and accumulation > 1:
         changes["per_device_train_batch_size"], changes["gradient_accumulation_steps"] = per_device * accumulation, 1
     try:
         return TrainingArguments(**dataclasses.asdict(dataclasses.replace(settings, **changes)))
@@ -115,6 +136,7 @@ class BatchPlan:
     epochs: float
     max_steps: int
     saves_checkpoints: bool = True  # save_strategy epoch or steps: the last checkpoint is at the last step
+    drop_last: bool = False  # dataloader_drop_last: a last micro-batch smaller than the others is not run
 
     @property
     def global_batch(self) -> int:
@@ -123,7 +145,8 @@ class BatchPlan:
     @property
     def steps_per_epoch(self) -> int:
         """As the Trainer counts them: micro-batches per process, then optimizer steps (the last one partial)."""
-        micro_batches = math.ceil(self.rows / (self.per_device * self.world_size))
+        per_pass = self.per_device * self.world_size
+        micro_batches = self.rows // per_pass if self.drop_last else math.ceil(self.rows / per_pass)
         return max(micro_batches // self.accumulation + int(micro_batches % self.accumulation > 0), 1)
 
     @property
@@ -152,6 +175,7 @@ def batch_plan(args: TrainingArguments, settings: Any, rows: int) -> BatchPlan:
         accumulation=args.gradient_accumulation_steps, requested_per_device=settings.per_device_train_batch_size,
         requested_accumulation=settings.gradient_accumulation_steps, epochs=args.num_train_epochs,
         max_steps=args.max_steps, saves_checkpoints=args.save_strategy in ("epoch", "steps"),
+        drop_last=args.dataloader_drop_last,
     )
 
 
@@ -221,8 +245,32 @@ class SFTTrainer(Trainer):
                 key = (tensor.data_ptr(), tensor.shape, tensor.stride())
                 if tensor.is_floating_point() and key not in cast:
                     cast[key] = tensor.to(self.save_dtype)
+                    if not bool(torch.isfinite(cast[key]).all()):  # float16 overflows above 65,504
+                        raise NonFiniteError(
+                            f"weight {name} is not finite in model.save_dtype={str(self.save_dtype).removeprefix('torch.')} "
+                            "(it is in the trained weights): nothing was saved; use model.save_dtype=bfloat16 or null"
+                        )
                 state_dict[name] = cast.get(key, tensor)
         super()._save(output_dir, state_dict)
+        if self.save_dtype is not None and self.args.should_save:
+            # save_pretrained wrote the dtype of the weights in memory (float32) into config.json; the file must say
+            # what the saved tensors are, so that dtype="auto" (and vLLM's --dtype auto) loads them as they are.
+            config = self.model.config
+            trained, config.dtype = config.dtype, str(self.save_dtype).removeprefix("torch.")
+            try:
+                config.save_pretrained(output_dir if output_dir is not None else self.args.output_dir)
+            finally:
+                config.dtype = trained
+
+    def _issue_warnings_after_load(self, load_result):
+        # A tied LM head is saved once, as the input embedding, so every resumed checkpoint "misses" lm_head.weight:
+        # tie it again quietly instead of the Trainer's warning about missing keys (anything else still warns).
+        head, embedding = self.model.get_output_embeddings(), self.model.get_input_embeddings()
+        tied = head is not None and head.weight is embedding.weight
+        if tied and set(load_result.missing_keys) == {"lm_head.weight"} and not load_result.unexpected_keys:
+            self.model.tie_weights()
+            return
+        super()._issue_warnings_after_load(load_result)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -284,6 +332,42 @@ class NonFiniteGuard(TrainerCallback):
                 )
 
 
+class DivergenceWatch(TrainerCallback):
+    """Flag a training loss that climbs far above where it started: finite, so :class:`NonFiniteGuard` lets it pass,
+    but a run that diverged (too high a learning rate, too short a warm-up). Said in the log when it happens (at each
+    new high) and again when training ends; ``warnings`` keeps the line for the run record.
+
+    The reference point is the first logged training loss; a loss above ``FACTOR`` times it counts.
+    """
+
+    FACTOR = 3.0
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.highest: float | None = None
+        self.warnings: list[str] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None or not math.isfinite(loss):
+            return
+        if self.start is None:
+            self.start = loss
+        elif loss > self.FACTOR * self.start and (self.highest is None or loss > self.highest):
+            self.highest = loss
+            self.warnings = [
+                f"the training loss climbed to {loss:.4g} at step {state.global_step}, {loss / self.start:.1f}x its "
+                f"start ({self.start:.4g}): the run diverged; lower training_args.learning_rate (now "
+                f"{args.learning_rate:g}) or raise training_args.warmup_steps"
+            ]
+            if state.is_world_process_zero:
+                log.warning("warning: %s", self.warnings[0])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.warnings and state.is_world_process_zero:
+            log.warning("warning: training ended after diverging: %s", self.warnings[0])
+
+
 class MetricsLog(TrainerCallback):
     """Every logged metrics dict (loss, learning rate, eval loss, eval accuracy) also goes to train_sft.log."""
 
@@ -324,7 +408,7 @@ def build_trainer(
         data_collator=SFTCollator(packing=speed.packing, pad_id=pad_id),
         processing_class=tokenizer,
         compute_metrics=answer_accuracy if with_choices else None,
-        callbacks=[NonFiniteGuard(), MetricsLog(), *callbacks],
+        callbacks=[NonFiniteGuard(), DivergenceWatch(), MetricsLog(), *callbacks],
     )
     trainer.run_record = run_record
     trainer.save_dtype = save_dtype
@@ -362,7 +446,8 @@ def _plain(value: Any) -> Any:
 
 
 def run_record(
-    config: SFTConfig, args: TrainingArguments, plan: BatchPlan, data: dict[str, Any], command_line: Sequence[str]
+    config: SFTConfig, args: TrainingArguments, plan: BatchPlan, data: dict[str, Any], command_line: Sequence[str],
+    fmt: PromptFormat,
 ) -> dict[str, Any]:
     """What the run folder records: the requested config, what really ran, and the data it ran on."""
     return {
@@ -382,6 +467,9 @@ def run_record(
             "device": args.device.type,
             "bf16": args.bf16,
             "saved_weights_dtype": (config.model.save_dtype if args.save_only_model else None) or config.model.dtype,
+            # how the rows' prompts were rendered (step 2's --prompt_format); eval_arc.py scores in the same format
+            "prompt_format": fmt.name,
+            "prompt": fmt.prompt("{user_text}"),
         },
         "data": data,
     }
@@ -411,6 +499,40 @@ def check_rows_match_tokenizer(rows: Sequence[TokenRow], tokenizer, where: str, 
             )
 
 
+@contextlib.contextmanager
+def signals_stop_the_run():
+    """SIGTERM (``kill``, a scheduler's preemption) stops a run as Ctrl-C does: as a KeyboardInterrupt raised where
+    the run is, so the run folder records it and the line says what can resume. Main thread only (signals are
+    delivered there); elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number, frame):
+        raise KeyboardInterrupt(signal.Signals(number).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(err: KeyboardInterrupt, output_dir: Path, step: int | None) -> Interrupted:
+    """The one line for a run stopped by a signal, with what can resume it."""
+    name = str(err) or "SIGINT"
+    number = getattr(signal, name, signal.SIGINT)
+    resume = newest_complete_checkpoint(output_dir)
+    if resume is not None and (resume / "optimizer.pt").is_file():
+        after = f"cont_training=true resumes from {resume.name}"
+    elif resume is not None:
+        after = f"{resume.name} holds weights only (save_only_model=true): it cannot be resumed"
+    else:
+        after = "no checkpoint was saved yet"
+    at = f" at step {step}" if step is not None else " before training began"
+    return Interrupted(f"{output_dir}: interrupted ({name}){at}; {after}", int(number))
+
+
 def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
     """Fine-tune as ``config`` says; return the output folder (a plain HF checkpoint of the final weights).
 
@@ -427,72 +549,84 @@ def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
         )
     output_dir = Path(args.output_dir)
     main_process = args.process_index == 0
-    with RunFolder(output_dir) if main_process else contextlib.nullcontext() as folder:  # rank 0 holds the folder
-        if folder is not None:  # before anything is loaded: a folder that holds another run is refused here
-            folder.claim(config.cont_training, config.overwrite)
-        # Everything that can be checked without the weights is checked before loading them, the cheapest first.
-        for paths in (data.train_path, data.val_path):
-            for path in expand_paths(paths) if paths else []:
-                if not path.is_file():
-                    raise SlamkitError(f"{path}: no such file")
-        tokenizer = load_tokenizer(config.model.tokenizer_name, config.model.trust_remote_code)
-        model_config = load_model_config(config.model.base_model_name, config.model.trust_remote_code)
-        context = getattr(model_config, "max_position_embeddings", None)
-        rows = embedding_rows(model_config.vocab_size, len(tokenizer), config.model.vocab_size, config.model.base_model_name)
-        train_rows = load_token_rows(data.train_path, context, rows, data.max_train_examples)
-        val_rows = load_token_rows(data.val_path, context, rows, data.max_val_examples) if data.val_path else None
-        for name, checked in (("data.train_path", train_rows), ("data.val_path", val_rows or [])):
-            check_rows_match_tokenizer(checked, tokenizer, name, config.model.tokenizer_name)
-        plan = batch_plan(args, settings, len(train_rows))
-        header = [
-            f"command line: {' '.join(command_line) or '(none)'}",
-            f"data: {len(train_rows)} training rows" + (f", {len(val_rows)} validation rows" if val_rows else ""),
-            plan.describe(),
-        ]
-        for line in header[1:]:
-            log.info("%s", line)
-        record = run_record(
-            config, args, plan,
-            {"train": _data_record(data.train_path, train_rows), "validation": _data_record(data.val_path, val_rows)},
-            command_line,
-        )
-        if folder is not None:
-            resume_from = folder.resume_point(record, config.cont_training, config.accept_changed_settings)
-        else:
-            resume_from = newest_complete_checkpoint(output_dir) if config.cont_training else None
-
-        set_seed(args.seed)
-        net = build_model(
-            config.model.base_model_name, config.model.twist_init, parse_dtype(config.model.dtype),
-            config.model.attn_implementation, tokenizer_size=len(tokenizer), vocab_size=config.model.vocab_size,
-            trust_remote_code=config.model.trust_remote_code, allow_pickle=config.model.allow_pickle,
-        )
-        trainer = build_trainer(
-            net, args, train_rows, val_rows, tokenizer=tokenizer, speed=speed, run_record=record,
-            save_dtype=parse_dtype(config.model.save_dtype) if config.model.save_dtype and args.save_only_model else None,
-        )
-        if folder is not None:
-            folder.start(record, header)
+    with signals_stop_the_run(), RunFolder(output_dir) if main_process else contextlib.nullcontext() as folder:
+        # rank 0 holds the folder
+        trainer = None
         try:
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-            check_finite_weights(trainer.model, f"{output_dir} (final weights)")
-            trainer.save_model(str(output_dir))
-            trainer.save_state()  # trainer_state.json (the log history) beside the final weights
-        except (OSError, RuntimeError, SafetensorError) as err:  # safetensors and torch.save report a full disk so
-            reason = disk_problem(err)
-            if reason is None:
-                raise
-            raise SlamkitError(
-                f"{output_dir}: {reason} while saving; the run stopped, its complete checkpoints are intact "
-                "(cont_training=true resumes from the newest)"
-            ) from None
-        if folder is not None:
-            from slamkit.plots import plot_training_curves
+            if folder is not None:  # before anything is loaded: a folder that holds another run is refused here
+                folder.claim(config.cont_training, config.overwrite)
+            # Everything that can be checked without the weights is checked before loading them, the cheapest first.
+            for paths in (data.train_path, data.val_path):
+                for path in expand_paths(paths) if paths else []:
+                    if not path.is_file():
+                        raise SlamkitError(f"{path}: no such file")
+            tokenizer = load_tokenizer(config.model.tokenizer_name, config.model.trust_remote_code)
+            model_config = load_model_config(config.model.base_model_name, config.model.trust_remote_code)
+            context = getattr(model_config, "max_position_embeddings", None)
+            rows = embedding_rows(model_config.vocab_size, len(tokenizer), config.model.vocab_size, config.model.base_model_name)
+            train_rows = load_token_rows(data.train_path, context, rows, data.max_train_examples)
+            val_rows = load_token_rows(data.val_path, context, rows, data.max_val_examples) if data.val_path else None
+            for name, checked in (("data.train_path", train_rows), ("data.val_path", val_rows or [])):
+                check_rows_match_tokenizer(checked, tokenizer, name, config.model.tokenizer_name)
+            fmt = prompt_format(
+                rows_prompt_format([("data.train_path", train_rows), ("data.val_path", val_rows or [])]), tokenizer
+            )
+            plan = batch_plan(args, settings, len(train_rows))
+            header = [
+                f"command line: {' '.join(command_line) or '(none)'}",
+                f"data: {len(train_rows)} training rows" + (f", {len(val_rows)} validation rows" if val_rows else "")
+                + (f" (prompt format {fmt.name})" if fmt.name != "seed" else ""),
+                plan.describe(),
+            ]
+            for line in header[1:]:
+                log.info("%s", line)
+            record = run_record(
+                config, args, plan,
+                {"train": _data_record(data.train_path, train_rows), "validation": _data_record(data.val_path, val_rows)},
+                command_line, fmt,
+            )
+            if folder is not None:
+                resume_from = folder.resume_point(record, config.cont_training, config.accept_changed_settings)
+            else:
+                resume_from = newest_complete_checkpoint(output_dir) if config.cont_training else None
 
+            set_seed(args.seed)
+            net = build_model(
+                config.model.base_model_name, config.model.twist_init, parse_dtype(config.model.dtype),
+                config.model.attn_implementation, tokenizer_size=len(tokenizer), vocab_size=config.model.vocab_size,
+                trust_remote_code=config.model.trust_remote_code, allow_pickle=config.model.allow_pickle,
+            )
+            trainer = build_trainer(
+                net, args, train_rows, val_rows, tokenizer=tokenizer, speed=speed, run_record=record,
+                save_dtype=parse_dtype(config.model.save_dtype) if config.model.save_dtype and args.save_only_model else None,
+            )
+            if folder is not None:
+                folder.start(record, header)
             try:
-                plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=output_dir.name)
-            except ValueError as err:  # e.g. fewer steps than logging_steps: nothing was logged
-                log.info("training curves not plotted: %s", err)
-            folder.finish(record)
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                check_finite_weights(trainer.model, f"{output_dir} (final weights)")
+                trainer.save_model(str(output_dir))
+                trainer.save_state()  # trainer_state.json (the log history) beside the final weights
+            except (OSError, RuntimeError, SafetensorError) as err:  # safetensors and torch.save report a full disk so
+                reason = disk_problem(err)
+                if reason is None:
+                    raise
+                raise SlamkitError(
+                    f"{output_dir}: {reason} while saving; the run stopped, its complete checkpoints are intact "
+                    "(cont_training=true resumes from the newest)"
+                ) from None
+            watch = next(c for c in trainer.callback_handler.callbacks if isinstance(c, DivergenceWatch))
+            if watch.warnings:
+                record["warnings"] = watch.warnings
+            if folder is not None:
+                from slamkit.plots import plot_training_curves
+
+                try:
+                    plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=output_dir.name)
+                except ValueError as err:  # e.g. fewer steps than logging_steps: nothing was logged
+                    log.info("training curves not plotted: %s", err)
+                folder.finish(record)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (signals_stop_the_run): one line, the record says so
+            raise interrupted(err, output_dir, trainer.state.global_step if trainer is not None else None) from None
     metrics = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), {})
     return TrainResult(output_dir, trainer.state.global_step, {k: v for k, v in metrics.items() if k.startswith("eval_")})

@@ -4,6 +4,7 @@ runs train the steps they announce."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 import subprocess
@@ -20,8 +21,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from slamkit.chatml import IGNORE_INDEX
-from slamkit.config import SFTConfig
-from slamkit.data import TokenRow
+from slamkit.config import SFTConfig, SpeedSettings, training_arguments_settings
+from slamkit.data import TokenRow, load_token_rows
 from slamkit.errors import SlamkitError
 from slamkit.model import build_model, load_causal_lm
 from slamkit.training import batch_plan, build_trainer, build_training_arguments, train
@@ -85,7 +86,10 @@ def test_seed_training_command_writes_checkpoints_that_load_with_auto_classes(ti
     )
     assert done.returncode == 0, done.stderr[-3000:]
     printed = done.stdout + done.stderr
-    assert "no CUDA device, training on CPU in bf16 autocast" in printed
+    from slamkit.model import cpu_description, cpu_native_bf16
+
+    expected = f"training on CPU ({cpu_description()}) in bf16 autocast" if cpu_native_bf16() else "training on CPU in float32"
+    assert expected in printed  # the shipped bf16: true follows the CPU (tests/test_precision.py fakes both kinds)
     assert "48 training rows -> 3 steps per epoch, 6 steps in all (the last checkpoint is checkpoint-6)" in printed
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     for folder in [out / "checkpoint-3", out / "checkpoint-6", out]:
@@ -187,7 +191,6 @@ def test_two_process_cpu_run_trains_the_announced_steps(launcher, tiny_model, sa
 def test_logger_without_its_package_is_a_one_line_error(monkeypatch, tmp_path):
     """logger=tensorboard / wandb fails when the arguments are built if the package is missing, naming it, and
     builds the arguments when it is installed."""
-    from slamkit.config import SpeedSettings, training_arguments_settings
 
     for name in ("tensorboard", "wandb"):
         settings = training_arguments_settings(output_dir=str(tmp_path), report_to=[name])
@@ -200,8 +203,8 @@ def test_logger_without_its_package_is_a_one_line_error(monkeypatch, tmp_path):
 
 def test_weights_only_checkpoints_can_be_saved_in_bfloat16(tiny_model, sample_tokens, tmp_path):
     """model.save_dtype=bfloat16 writes every checkpoint's and the final weights as the bfloat16 rounding of the
-    float32 weights trained, tied embeddings stored once (half the bytes); resumable checkpoints
-    (save_only_model=false) keep float32."""
+    float32 weights trained, tied embeddings stored once (half the bytes), and config.json says bfloat16, so that
+    dtype="auto" loads them as stored; resumable checkpoints (save_only_model=false) keep float32 and say so."""
     from safetensors import safe_open
 
     settings = dict(num_train_epochs=1, per_device_train_batch_size=16, save_strategy="epoch", save_only_model=True)
@@ -214,7 +217,30 @@ def test_weights_only_checkpoints_can_be_saved_in_bfloat16(tiny_model, sample_to
         size = (out / sub / "model.safetensors").stat().st_size
         assert size < 0.51 * (float32 / sub / "model.safetensors").stat().st_size
     assert AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.shape[0] == 151936
+    for sub in ("checkpoint-3", "."):
+        assert json.loads((out / sub / "config.json").read_text())["dtype"] == "bfloat16"
+        assert AutoModelForCausalLM.from_pretrained(out / sub, dtype="auto").dtype == torch.bfloat16
+        assert json.loads((float32 / sub / "config.json").read_text())["dtype"] == "float32"
     resumable = train(sft_config(tiny_model, sample_tokens["train"], tmp_path / "resumable", max_steps=1,
                                  save_strategy="steps", save_steps=1, save_only_model=False, save_dtype="bfloat16")).output_dir
     with safe_open(resumable / "checkpoint-1" / "model.safetensors", "pt") as handle:
         assert handle.get_tensor("model.norm.weight").dtype == torch.float32
+    assert json.loads((resumable / "checkpoint-1" / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_a_save_dtype_that_overflows_saves_nothing(tiny_model, sample_tokens, tmp_path):
+    """model.save_dtype=float16 with a weight beyond float16's range (65,504) is refused when saving, naming the
+    weight, instead of writing inf weights that pass as a checkpoint."""
+    from slamkit.training import NonFiniteError
+
+    model = load_causal_lm(str(tiny_model))
+    with torch.no_grad():
+        model.model.norm.weight[0] = 1e6
+    args = build_training_arguments(
+        training_arguments_settings(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none"), SpeedSettings(),
+        has_validation=False,
+    )
+    trainer = build_trainer(model, args, load_token_rows(str(sample_tokens["train"])), save_dtype=torch.float16)
+    with pytest.raises(NonFiniteError, match="weight model.norm.weight is not finite in model.save_dtype=float16"):
+        trainer.save_model(str(tmp_path / "saved"))
+    assert not (tmp_path / "saved" / "model.safetensors").exists()
