@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from slamkit.config import SFTConfig, unknown_key_message
-from slamkit.errors import EXIT_BAD_INPUT, SlamkitError, print_error, run_main
+from slamkit.errors import SlamkitError, print_error, run_main
 from slamkit.run_folder import read_record, write_record
 from slamkit.training import train
 
@@ -54,7 +54,7 @@ def main(cfg: DictConfig) -> float | None:
     except SlamkitError as err:
         print_error(err)
         if not sweep:
-            sys.exit(EXIT_BAD_INPUT)
+            sys.exit(err.exit_code)
         folder = Path(job.runtime.output_dir)
         if read_record(folder) is None:  # failed before it started: the job's folder still says why
             write_record(folder, {"status": "failed", "error": str(err), "command_line": list(job.overrides.task)})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from slamkit.arc import SPLITS, Conversation, conversation_from_record
 from slamkit.errors import SlamkitError, run_main
-from slamkit.jsonl import output_set, read_jsonl, write_jsonl_lines
+from slamkit.jsonl import output_set, read_jsonl, refuse_input_as_output, write_jsonl_lines
 
 HUB_DATASET = "allenai/ai2_arc"
 SUBSETS = ("ARC-Easy", "ARC-Challenge")
@@ -109,17 +109,20 @@ def convert(records) -> list[Conversation]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    prefix = args.subset.lower().replace("-", "_")
+    outputs_written = {split: Path(args.output_dir) / f"{prefix}_{split}.jsonl" for split in SPLITS}
     if args.source is None:
         sources = hub_records(args.subset)
         origin = f"{HUB_DATASET} ({args.subset})"
     else:
         source = Path(args.source)
-        sources = {split: local_records(local_split_file(source, split, args.subset)) for split in SPLITS}
+        files = {split: local_split_file(source, split, args.subset) for split in SPLITS}
+        for output in outputs_written.values():
+            refuse_input_as_output(output, files.values(), "--output_dir's")
+        sources = {split: local_records(path) for split, path in files.items()}
         origin = str(source)
     splits = {split: convert(records) for split, records in sources.items()}  # check everything first
-    prefix = args.subset.lower().replace("-", "_")
     print(f"{args.subset} from {origin}")
-    outputs_written = {split: Path(args.output_dir) / f"{prefix}_{split}.jsonl" for split in splits}
     with output_set() as outputs:  # all splits or none: never a test file of one run beside another's train file
         for split, conversations in splits.items():
             with outputs.open(outputs_written[split]) as handle:

@@ -81,10 +81,21 @@ def encode_pairs(tokenizer, contexts: Sequence[str], continuations: Sequence[str
 @torch.no_grad()
 def score_cloze(model, tokenizer, records: list[dict], batch_size: int, progress: bool = True) -> list[ClozePrediction]:
     """Log-likelihood of every choice of every record (needs ``question`` and ``choice_texts`` from step 1)."""
+    if batch_size < 1:
+        raise SlamkitError(f"batch size must be at least 1, got {batch_size}")
     for record in records:
         for key in ("question", "choice_texts", "choice_labels"):
             if key not in record:
                 raise SlamkitError(f"{record['_where']}: missing field {key!r} (re-run prepare_arc_data.py)")
+        texts = record["choice_texts"]
+        if not isinstance(record["question"], str) or not record["question"].strip():
+            raise SlamkitError(f"{record['_where']}: 'question' must be a non-empty string")
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise SlamkitError(f"{record['_where']}: 'choice_texts' must be a list of strings")
+        if len(texts) != len(record["choice_labels"]):
+            raise SlamkitError(
+                f"{record['_where']}: {len(texts)} choice_texts for {len(record['choice_labels'])} choice_labels"
+            )
     owners = [index for index, record in enumerate(records) for _ in record["choice_texts"]]
     pairs = encode_pairs(
         tokenizer,

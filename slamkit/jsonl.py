@@ -75,6 +75,17 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise SlamkitError(f"{path}: empty file (no records)")
 
 
+def refuse_input_as_output(output: str | Path, inputs: Iterable[str | Path], flag: str) -> None:
+    """An output that is one of the files being read (the same file under any name) would replace the data it was
+    made from: refused, naming the flag to change."""
+    output = Path(output)
+    for source in inputs:
+        source = Path(source)
+        same = output.exists() and source.exists() and os.path.samefile(output, source)
+        if same or output.resolve() == source.resolve():
+            raise SlamkitError(f"{output}: {flag} is the input file {source} itself; write the output elsewhere")
+
+
 def readable_mode(directory: bool) -> int:
     """The permissions a new file (or folder) gets under the current umask."""
     mask = os.umask(0)

@@ -76,7 +76,12 @@ def _draw_accuracy(ax: Axes, steps: list[float], accuracies: list[float]) -> Non
     percents = [100.0 * value for value in accuracies]
     ax.plot(steps, percents, marker="o", color="tab:green", label="validation accuracy")
     if len(steps) <= MAX_ANNOTATED_POINTS:
+        gap = 0.04 * (max(steps) - min(steps))  # labels of points closer than this would print over each other
+        labelled: float | None = None
         for step, percent in zip(steps, percents, strict=True):
+            if labelled is not None and step - labelled < gap:
+                continue  # e.g. a validation at the last step right after a scheduled one
+            labelled = step
             ax.annotate(
                 f"{percent:.1f}%",
                 (step, percent),
@@ -115,7 +120,9 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, ti
     figure.suptitle(title or "Training curves")
 
     if train_steps:
-        loss_ax.plot(train_steps, train_losses, color="tab:blue", linewidth=1.2, label="training loss")
+        # a run of a step or two logs one or two points: a line alone would not show them
+        marker = "o" if len(train_steps) < 3 else None
+        loss_ax.plot(train_steps, train_losses, color="tab:blue", linewidth=1.2, marker=marker, label="training loss")
     if eval_steps:
         loss_ax.plot(eval_steps, eval_losses, color="tab:orange", marker="o", label="validation loss")
     if train_steps or eval_steps:

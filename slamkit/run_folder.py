@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -32,13 +33,21 @@ from typing import Any
 
 import yaml
 
-from slamkit.errors import SlamkitError
+from slamkit.errors import Interrupted, SlamkitError
 from slamkit.jsonl import atomic_output, readable_mode
 
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "slamkit_run.yaml"  # the run record, beside the weights of every checkpoint and of the output folder
 LOCK_FILE = ".slamkit.lock"
+REPLACED = ".slamkit_replaced"  # overwrite=true moves the old run here, and deletes it only when the new one finished
+# What a run writes into its folder (the Trainer, the tokenizer, slamkit, the loggers): what overwrite=true may move.
+RUN_FILES = re.compile(
+    r"checkpoint-\d+|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|pytorch_model\.bin|config\.json|"
+    r"generation_config\.json|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
+    r"merges\.txt|chat_template\.jinja|training_args\.bin|trainer_state\.json|all_results\.json|train_results\.json|"
+    r"eval_results\.json|slamkit_run\.yaml|train_sft\.log|training_curves\.png|runs|wandb|README\.md"
+)
 LOG_FILE = "train_sft.log"
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
@@ -202,7 +211,7 @@ class RunFolder:
         self.started = False
         self._lock: int | None = None
         self._lock_existed = False
-        self._replace: list[Path] = []  # what overwrite=true deletes when the run starts
+        self._replace: list[Path] = []  # what overwrite=true sets aside when the run starts
         self._stale: list[Path] = []  # incomplete checkpoints a resumed run deletes when it starts
         self._handler: logging.Handler | None = None
         self._levels: dict[str, int] = {}
@@ -215,9 +224,15 @@ class RunFolder:
             missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
             self.created = missing[-1] if missing else None  # the outermost folder this run creates
             self.path.mkdir(parents=True, exist_ok=True)
-            self._lock_existed = (self.path / LOCK_FILE).exists()
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, readable_mode(directory=False))
+            self._lock_existed = (self.path / LOCK_FILE).exists() or (self.path / LOCK_FILE).is_symlink()
+            # O_NOFOLLOW: a lock file that is a symlink must not make the run truncate the file it points to
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, readable_mode(directory=False))
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise SlamkitError(
+                    f"{self.path / LOCK_FILE}: is a symbolic link, not slamkit's lock file; remove it (nothing else "
+                    "was touched)"
+                ) from None
             raise SlamkitError(f"{self.path}: cannot use as training_args.output_dir ({err.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -246,7 +261,10 @@ class RunFolder:
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
-            if error is not None and self.started:
+            if error is not None and self.started and self._replace:
+                self._detach_log()  # train_sft.log is the new run's: it goes with the rest of it
+                self._restore_replaced()
+            elif error is not None and self.started:
                 self._mark_failed(error)
             if error is not None and not self.started:
                 self._leave_as_found()
@@ -276,6 +294,12 @@ class RunFolder:
         An empty folder is this run's. A folder holding another run needs ``cont_training`` (resume it) or
         ``overwrite`` (replace it when this run starts); a folder holding anything else is refused.
         """
+        if (self.path / REPLACED).exists():
+            raise SlamkitError(
+                f"{self.path}: an overwrite=true run into this folder stopped before it finished, and the run it "
+                f"replaced is kept whole in {self.path / REPLACED}; move its contents back into {self.path} (after "
+                "removing what the stopped run wrote) to keep it, or delete it"
+            )
         entries = [p for p in self.path.iterdir() if p.name != LOCK_FILE]
         if not entries:
             self._hold()
@@ -297,8 +321,20 @@ class RunFolder:
                 "cont_training=true, write to another training_args.output_dir, or replace it with overwrite=true"
             )
         if overwrite:
+            foreign = [p for p in entries if not RUN_FILES.fullmatch(p.name)]
+            if foreign:
+                raise SlamkitError(
+                    f"{self.path}: overwrite=true, but the folder also holds what no run writes ({_describe(foreign)}); "
+                    "move those elsewhere first (overwrite replaces a run, never other files)"
+                )
             self._replace = entries
-            log.info("overwrite=true: the run in %s (%s) is deleted when this run starts", self.path, _describe(entries))
+            log.info("overwrite=true: the run in %s (%s) is set aside when this run starts and deleted when it "
+                     "finishes (restored if it fails)", self.path, _describe(entries))
+        elif cont_training and newest_complete_checkpoint(self.path) is None and (self.previous or {}).get("status") == "complete":
+            raise SlamkitError(
+                f"{self.path}: cont_training=true, but its run finished and left no checkpoint to resume from; "
+                "train into another training_args.output_dir, or replace it with overwrite=true"
+            )
         self._hold()
 
     def resume_point(self, record: dict[str, Any], cont_training: bool, accept_changed_settings: bool) -> Path | None:
@@ -344,8 +380,11 @@ class RunFolder:
     def start(self, record: dict[str, Any], header: Sequence[str] = ()) -> None:
         """The run really starts (weights loaded): replace the old run if asked, mark the folder running, and log
         to ``train_sft.log`` from here on, starting with ``header`` (the lines the run printed before)."""
-        for path in self._replace:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if self._replace:  # moved, not deleted: renames within the folder, restored if this run does not finish
+            aside = self.path / REPLACED
+            aside.mkdir()
+            for path in self._replace:
+                os.replace(path, aside / path.name)
         for path in self._stale:
             log.warning("cont_training: deleting %s: incomplete (the run stopped while saving it)", path)
             shutil.rmtree(path)
@@ -357,15 +396,33 @@ class RunFolder:
             self._handler.handle(logging.makeLogRecord(entry))
 
     def finish(self, record: dict[str, Any]) -> None:
-        """The final weights and trainer_state.json are written: the record says so, last."""
+        """The final weights and trainer_state.json are written: the record says so, last; then the run this one
+        replaced (overwrite=true) is deleted."""
         make_readable(self.path)
         write_record(self.path, {**record, "status": "complete", "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        if self._replace:
+            shutil.rmtree(self.path / REPLACED)
+            self._replace = []
+
+    def _restore_replaced(self) -> None:
+        """This run (overwrite=true) failed or was interrupted after it started: what it wrote goes, the run it
+        replaced comes back."""
+        aside = self.path / REPLACED
+        for path in self.path.iterdir():
+            if path.name not in (LOCK_FILE, REPLACED):
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        for path in aside.iterdir():
+            os.replace(path, self.path / path.name)
+        aside.rmdir()
+        self._replace = []
+        log.warning("overwrite=true: this run did not finish; the run it was replacing is restored in %s", self.path)
 
     def _mark_failed(self, error: BaseException) -> None:
         record = read_record(self.path) or {}
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        status = "interrupted" if isinstance(error, Interrupted) else "failed"
         with contextlib.suppress(OSError, SlamkitError):  # e.g. the disk is full: the record stays "running"
-            write_record(self.path, {**record, "status": "failed", "error": reason})
+            write_record(self.path, {**record, "status": status, "error": reason})
 
     def _attach_log(self) -> None:
         """Everything slamkit logs during the run, the metrics included, also goes to ``train_sft.log``."""

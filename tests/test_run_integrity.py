@@ -138,6 +138,77 @@ def test_overwrite_replaces_the_old_run_only_once_the_new_one_has_started(uninte
     assert record(out)["status"] == "complete" and record(out)["config"]["training_args"]["num_train_epochs"] == 1
 
 
+def test_overwrite_refuses_a_folder_that_also_holds_what_no_run_writes(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """overwrite=true into a run folder that also holds the user's notes.txt and an eval_test/ folder is refused,
+    naming them; every file stays as it was."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted[2], out)
+    (out / "notes.txt").write_text("mine")
+    (out / "eval_test").mkdir()
+    before = snapshot(out)
+    line = cli_fails(*overrides(tiny_model, sample_tokens, out, "overwrite=true", epochs=1))
+    assert line == (
+        f"error: {out}: overwrite=true, but the folder also holds what no run writes (eval_test/, notes.txt); move "
+        "those elsewhere first (overwrite replaces a run, never other files)"
+    )
+    assert snapshot(out) == before
+
+
+def wait_for(marker: Path, process: subprocess.Popen) -> None:
+    for _ in range(600):
+        if marker.exists() or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert marker.exists(), process.communicate()[1][-2000:]
+
+
+def test_ctrl_c_during_an_overwrite_restores_the_old_run(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """SIGINT while an overwrite=true run trains (after it set the old run aside): exit 130, one line, and the
+    folder holds the old run again, byte for byte."""
+    out, marker = tmp_path / "run", tmp_path / "at_step_1"
+    shutil.copytree(uninterrupted[2], out)
+    before = snapshot(out)
+    run = interrupted("step:1", f"pause:{marker}", overrides(tiny_model, sample_tokens, out, "overwrite=true", epochs=1),
+                      wait=False)
+    wait_for(marker, run)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == f"error: {out}: interrupted (SIGINT) at step 1; no checkpoint was saved yet"
+    assert "Traceback" not in err
+    assert snapshot(out) == before
+
+
+def test_sigterm_stops_a_run_with_one_line_and_a_record_that_says_interrupted(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """SIGTERM (kill, a scheduler) after checkpoint-3: exit 143, one line naming what resumes, record status
+    interrupted; cont_training=true then ends with the uninterrupted run's weights."""
+    out, marker = tmp_path / "run", tmp_path / "at_step_4"
+    run = interrupted("step:4", f"pause:{marker}", overrides(tiny_model, sample_tokens, out), wait=False)
+    wait_for(marker, run)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        f"error: {out}: interrupted (SIGTERM) at step 4; cont_training=true resumes from checkpoint-3"
+    )
+    assert record(out)["status"] == "interrupted"
+    cli_ok(*overrides(tiny_model, sample_tokens, out, "cont_training=true"))
+    assert_identical(weights(out), weights(uninterrupted[2]))
+
+
+def test_resuming_a_finished_run_that_left_no_checkpoint_is_refused(tiny_model, sample_tokens, tmp_path):
+    """cont_training=true on a finished run without checkpoints would train from step 0 over its weights: refused."""
+    out = tmp_path / "run"
+    cli_ok(*overrides(tiny_model, sample_tokens, out, "training_args.save_strategy=no", epochs=1))
+    before = snapshot(out)
+    line = cli_fails(*overrides(tiny_model, sample_tokens, out, "training_args.save_strategy=no", "cont_training=true", epochs=1))
+    assert line == (
+        f"error: {out}: cont_training=true, but its run finished and left no checkpoint to resume from; train "
+        "into another training_args.output_dir, or replace it with overwrite=true"
+    )
+    assert snapshot(out) == before
+
+
 def test_resume_with_changed_settings_is_refused_naming_them(uninterrupted, tiny_model, sample_tokens, tmp_path):
     """cont_training=true with another learning rate and another seed names both changes; nothing is changed."""
     out = tmp_path / "run"
@@ -194,6 +265,19 @@ def test_kill_9_mid_run_then_resume_gives_the_weights_of_an_uninterrupted_run(un
     for sub in ("checkpoint-3", "checkpoint-6", "."):
         assert_identical(weights(out / sub), weights(uninterrupted[2] / sub))
     assert record(out)["status"] == "complete"
+
+
+def test_a_resumed_run_keeps_every_validation_point_in_its_history_and_plot(tiny_model, sample_tokens, tmp_path):
+    """Validated every epoch, killed at step 4 and resumed: the final trainer_state.json holds the validation point
+    of epoch 1 (from before the kill) and of epoch 2, and every training step's loss once."""
+    out = tmp_path / "run"
+    args = overrides(tiny_model, sample_tokens, out, "training_args.eval_strategy=epoch")
+    assert interrupted("step:4", "kill", args).returncode == -signal.SIGKILL
+    cli_ok(*args, "cont_training=true")
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "eval_loss" in e] == [EPOCH, 2 * EPOCH]
+    assert [e["step"] for e in history if "loss" in e] == list(range(1, 2 * EPOCH + 1))
+    assert (out / "training_curves.png").is_file()
 
 
 def test_kill_9_during_checkpoint_rotation_never_discards_the_complete_checkpoint(uninterrupted, tiny_model, sample_tokens, tmp_path):

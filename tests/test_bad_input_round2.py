@@ -1,0 +1,157 @@
+"""Run integrity, round 2 (the hostile tester's cases of issue 19 that are fixed): outputs that are their own
+input, a lock file that is a symlink, evaluation input checked as strictly as step 1's, ChatML markers that are
+not special tokens, data paths that look like globs, and a batch plan that matches dataloader_drop_last. Each case
+is one ``error:`` line and exit code 2 (or, for the plan, the Trainer's own count), and nothing is changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_bad_input import GOOD, assert_empty, conversations, fails
+
+from helpers import SAMPLE, SAMPLE_TOKENIZER, run_cli
+from slamkit.chatml import IGNORE_INDEX
+
+
+def test_step2_refuses_to_write_over_its_own_input(step2, sample_step1, tmp_path, capsys):
+    """--out_path equal to --data_path (under another spelling too) is refused; the step-1 file is unchanged."""
+    data = tmp_path / "train.jsonl"
+    shutil.copy(sample_step1 / "arc_easy_train.jsonl", data)
+    before = data.read_bytes()
+    for out in (data, tmp_path / "." / "train.jsonl"):
+        argv = ["--data_path", str(data), "--out_path", str(out), "--tokenizer", str(SAMPLE_TOKENIZER)]
+        line = fails(capsys, lambda: step2.main(argv))
+        assert line == f"error: {out}: --out_path is the input file {data} itself; write the output elsewhere"
+    assert data.read_bytes() == before
+
+
+def test_step1_refuses_an_output_dir_whose_outputs_are_its_sources(step1, tmp_path, capsys):
+    """A --source folder holding hub-layout files named arc_easy_<split>.jsonl, with --output_dir the same folder,
+    would have its sources replaced: refused, every file unchanged."""
+    folder = tmp_path / "arc"
+    folder.mkdir()
+    for split in ("train", "validation", "test"):
+        shutil.copy(SAMPLE / f"ARC-Easy-{split}.jsonl", folder / f"arc_easy_{split}.jsonl")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    line = fails(capsys, lambda: step1.main(["--source", str(folder), "--output_dir", str(folder)]))
+    assert line.startswith(f"error: {folder / 'arc_easy_train.jsonl'}: --output_dir's is the input file ")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tiny_model, sample_tokens, tmp_path):
+    """.slamkit.lock as a symlink to a user's file: the run stops with one line, the file keeps its bytes."""
+    victim = tmp_path / "notes.txt"
+    victim.write_text("my notes\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".slamkit.lock").symlink_to(victim)
+    code, _, err = run_cli(f"model.base_model_name={tiny_model}", f"data.train_path={sample_tokens['train']}",
+                           "data.val_path=null", "training_args.eval_strategy=no", f"training_args.output_dir={out}")
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        f"error: {out / '.slamkit.lock'}: is a symbolic link, not slamkit's lock file; remove it (nothing else was touched)"
+    )
+    assert victim.read_text() == "my notes\n"
+
+
+@pytest.fixture
+def scored(sample_step1, tmp_path) -> Path:
+    lines = (sample_step1 / "arc_easy_test.jsonl").read_text().splitlines()[:4]
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+@pytest.mark.parametrize("scoring", ["categorical", "cloze"])
+def test_a_batch_size_below_one_is_refused_before_the_model_loads(load_script, tiny_model, scored, scoring, capsys):
+    base = load_script("example_arc/eval_arc_base.py")
+    argv = ["--model_name", str(tiny_model), "--data_path", str(scored), "--scoring", scoring, "--batch_size", "-1"]
+    assert fails(capsys, lambda: base.main(argv)) == "error: --batch_size must be at least 1, got -1"
+
+
+def test_a_question_id_that_repeats_is_refused(eval_arc, tiny_model, scored, tmp_path, capsys):
+    """Two records with one id would be scored and counted twice: refused, naming both lines."""
+    first = scored.read_text().splitlines()[0]
+    doubled = tmp_path / "doubled.jsonl"
+    doubled.write_text(first + "\n" + first + "\n")
+    qid = json.loads(first)["id"]
+    line = fails(capsys, lambda: eval_arc.main(["--model_path", str(tiny_model), "--data_path", str(doubled), "--device", "cpu"]))
+    assert line == f"error: {doubled}:2 (id {qid}): duplicate id '{qid}' (first at {doubled}:1 (id {qid}))"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda r: r.update(choice_texts="ice, steam"), "'choice_texts' must be a list of strings"),
+    (lambda r: r.update(choice_texts=r["choice_texts"][:2]), "2 choice_texts for 4 choice_labels"),
+])
+def test_cloze_refuses_malformed_choice_texts(load_script, tiny_model, scored, tmp_path, edit, message, capsys):
+    record = json.loads(scored.read_text().splitlines()[0])
+    edit(record)
+    path = conversations(tmp_path / "bad.jsonl", record)
+    base = load_script("example_arc/eval_arc_base.py")
+    argv = ["--model_name", str(tiny_model), "--data_path", str(path), "--scoring", "cloze", "--device", "cpu"]
+    line = fails(capsys, lambda: base.main(argv), after_bar="Loading weights")
+    assert line == f"error: {path}:1 (id {record['id']}): {message}"
+
+
+def test_a_choice_label_that_is_a_control_token_is_refused(step2, tmp_path, capsys):
+    """A label "<|im_end|>" would be scored as the control token: refused, naming the record."""
+    data = conversations(tmp_path / "conv.jsonl",
+                         {**GOOD, "assistant_text": "<|im_end|>", "choice_labels": ["A", "<|im_end|>"]})
+    argv = ["--data_path", str(data), "--out_path", str(tmp_path / "out" / "t.jsonl"), "--tokenizer", str(SAMPLE_TOKENIZER)]
+    line = fails(capsys, lambda: step2.main(argv))
+    assert line.endswith("choice letter '<|im_end|>' is a special token, not text")
+    assert_empty(tmp_path / "out")
+
+
+def test_chatml_markers_that_are_not_special_tokens_are_refused(step2, tmp_path, capsys):
+    """A tokenizer whose <|im_start|>/<|im_end|> are added but not special would let data text forge turns:
+    refused with the fix."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(SAMPLE_TOKENIZER)
+    config = json.loads((SAMPLE_TOKENIZER / "tokenizer_config.json").read_text())
+    folder = tmp_path / "tok"
+    shutil.copytree(SAMPLE_TOKENIZER, folder)
+    for entry in config.get("added_tokens_decoder", {}).values():
+        if entry["content"] in ("<|im_start|>", "<|im_end|>"):
+            entry["special"] = False
+    config["additional_special_tokens"] = []
+    config["eos_token"] = "<|endoftext|>"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert tokenizer.added_tokens_decoder[151644].special  # the bundled one is fine
+    data = conversations(tmp_path / "conv.jsonl", GOOD)
+    argv = ["--data_path", str(data), "--out_path", str(tmp_path / "out" / "t.jsonl"), "--tokenizer", str(folder)]
+    line = fails(capsys, lambda: step2.main(argv))
+    assert "<|im_start|> is an added token, not a special token, so text in the data could forge" in line
+
+
+def test_a_data_path_that_exists_is_taken_literally_even_if_it_looks_like_a_glob(tmp_path):
+    from slamkit.data import expand_paths
+
+    literal = tmp_path / "rows[1].jsonl"
+    literal.write_text("{}\n")
+    (tmp_path / "rows1.jsonl").write_text("{}\n")  # what the glob rows[1].jsonl would match
+    assert expand_paths(str(literal)) == [literal]
+    assert expand_paths(str(tmp_path / "rows[1]*.jsonl")) == [tmp_path / "rows1.jsonl"]
+
+
+def test_the_announced_plan_is_the_trainers_with_dataloader_drop_last(tiny_model):
+    """dataloader_drop_last=true: the first lines announce the steps the Trainer makes (4 x 4 on 2,251 rows: 141
+    per epoch, 3 rows dropped), and the single micro-batch is not used (16 x 1 would drop 11 rows and a step)."""
+    from test_training import compose_config
+
+    from slamkit.data import TokenRow
+    from slamkit.model import load_causal_lm
+    from slamkit.training import batch_plan, build_trainer, build_training_arguments
+
+    config = compose_config("training_args.eval_strategy=no", "training_args.dataloader_drop_last=true")
+    args = build_training_arguments(config.training_args, config.speed, has_validation=False)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 4)
+    rows = [TokenRow(input_ids=[1, 2, 3], labels=[IGNORE_INDEX, 2, 3]) for _ in range(2251)]
+    plan = batch_plan(args, config.training_args, len(rows))
+    trainer = build_trainer(load_causal_lm(str(tiny_model)), args, rows)
+    _, per_epoch, _, _, _, _, max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())
+    assert (plan.steps_per_epoch, plan.total_steps) == (per_epoch, max_steps) == (141, 423)
