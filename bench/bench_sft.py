@@ -51,11 +51,13 @@ from slamkit.config import SpeedSettings, training_arguments_settings
 from slamkit.data import TokenRow, check_token_row
 from slamkit.evaluation import Question, questions_from_conversations, score_questions
 from slamkit.jsonl import read_jsonl
-from slamkit.model import load_tokenizer, qwen3_config, random_model
+from slamkit.model import load_causal_lm, load_model_config, load_tokenizer, qwen3_config, random_model
 from slamkit.training import build_trainer, build_training_arguments
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"  # full ARC-Easy and the Qwen tokenizer, beside the repo on the project's machines
+# A local copy of the full ARC-Easy in the hub's layout (--arc_source); the project's machines keep one beside the repo.
+DEFAULT_ARC = REPO.parent / "shared" / "data" / "arc_easy"
+TOKENIZER = REPO / "example_arc" / "sample" / "qwen_tokenizer"  # the bundled Qwen vocabulary (Qwen3's ids)
 
 # The seed's training arguments (config/training_args/sft.yaml) minus saving, evaluation and logging to files.
 SEED_TRAINING_ARGS = dict(
@@ -113,11 +115,10 @@ class BenchData:
     description: dict
 
 
-def arc_easy_data(shared: Path) -> BenchData:
-    """ARC-Easy train/validation rows and test prompts, tokenized with ../shared/tokenizers/qwen2 by slamkit's one
-    renderer (the rows prepare_arc_tokens.py writes)."""
-    tokenizer = load_tokenizer(str(shared / "tokenizers" / "qwen2"))
-    folder = shared / "data" / "arc_easy"
+def arc_easy_data(folder: Path) -> BenchData:
+    """ARC-Easy train/validation rows and test prompts from ``folder`` (the hub's layout), tokenized with the bundled
+    Qwen tokenizer by slamkit's one renderer (the rows prepare_arc_tokens.py writes)."""
+    tokenizer = load_tokenizer(str(TOKENIZER))
 
     def conversations(split: str):
         path = folder / f"ARC-Easy-{split}.jsonl"
@@ -136,12 +137,12 @@ def arc_easy_data(shared: Path) -> BenchData:
     test = conversations("test")
     questions = questions_from_conversations(tokenizer, [c.to_record() for c in test], [c.id for c in test])
     train, val = rows("train"), rows("validation")
-    return BenchData(train, val, questions, describe("ARC-Easy (../shared), qwen2 tokenizer", train, questions))
+    return BenchData(train, val, questions, describe(f"ARC-Easy ({folder}), Qwen tokenizer", train, questions))
 
 
 def synthetic_data(seed: int = 0) -> BenchData:
     """Random ids with ARC-Easy's length distribution (log-normal, median 72, p95 ~115, 46..201 tokens), when
-    ../shared is absent. Each row ends with a letter id and ``<|im_end|>``, the two supervised tokens."""
+    no ARC-Easy copy is given. Each row ends with a letter id and ``<|im_end|>``, the two supervised tokens."""
     rng = random.Random(seed)
     letters, im_end = [32, 33, 34, 35], 151645
 
@@ -163,7 +164,7 @@ def synthetic_data(seed: int = 0) -> BenchData:
     ]
     train = rows(2251, "train")
     return BenchData(train, rows(570, "validation"), questions,
-                     describe("synthetic (ARC-Easy-like lengths; ../shared absent)", train, questions))
+                     describe("synthetic (ARC-Easy-like lengths; no --arc_source)", train, questions))
 
 
 def describe(source: str, rows: list[TokenRow], questions: list[Question]) -> dict:
@@ -401,7 +402,9 @@ def save_checkpoint(trainer, device: torch.device) -> dict:
 def parameter_counts(model) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())  # tied LM head counted once
     embedding = model.get_input_embeddings().weight.numel()
-    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+    head = model.get_output_embeddings().weight
+    untied_head = 0 if head is model.get_input_embeddings().weight else head.numel()  # its FLOPs are counted apart
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding - untied_head}
 
 
 def path_arguments(path: BenchPath, output_dir: str, device: torch.device, dtype: str, max_steps: int):
@@ -412,6 +415,13 @@ def path_arguments(path: BenchPath, output_dir: str, device: torch.device, dtype
     return build_training_arguments(settings, path.speed, has_validation=False)
 
 
+def build_path_model(path: BenchPath, config, opts):
+    """The model a path trains: the shape's seeded random weights, or ``--model``'s real ones (float32)."""
+    if opts.model is None:
+        return random_model(config, opts.seed, attn_implementation=path.attn_implementation)
+    return load_causal_lm(str(opts.model), torch.float32, path.attn_implementation)
+
+
 def run_training_path(path: BenchPath, config, data: BenchData, device, opts, output_dir: str) -> tuple[dict, object]:
     """Train warm-up + timed + phase steps along ``path``; return its figures and the trained trainer."""
     dtype = path.dtype or opts.dtype
@@ -419,7 +429,7 @@ def run_training_path(path: BenchPath, config, data: BenchData, device, opts, ou
     args = path_arguments(path, str(folder), device, dtype, opts.warmup + opts.steps + opts.phase_steps + opts.profile)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     with PeakMemory(device) as memory:
-        model = random_model(config, opts.seed, attn_implementation=path.attn_implementation)
+        model = build_path_model(path, config, opts)
         trainer = build_trainer(
             model, args, data.train_rows, speed=path.speed,
             save_dtype=getattr(torch, path.save_dtype) if path.save_dtype else None,
@@ -570,6 +580,9 @@ def time_evaluation(model, questions: list[Question], opts, device) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=["tiny", "qwen3-0.6b"], default="qwen3-0.6b")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a real model folder to time instead of --shape's random weights (e.g. one built by "
+                        "python -m slamkit.real_models); its tokenizer must give the Qwen ids the data uses")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="auto: bf16 autocast (float32 weights) on CUDA, float32 on CPU")
@@ -590,7 +603,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="CPU: torch intra-op threads, or auto: every core on an idle machine, 1 on a busy one")
     parser.add_argument("--peak_tflops", type=float, default=DEFAULT_PEAK_TFLOPS,
                         help="the accelerator's peak for MFU (989 = H100/H200 SXM dense bf16)")
-    parser.add_argument("--shared", type=Path, default=SHARED, help="folder with data/arc_easy and tokenizers/qwen2")
+    parser.add_argument("--arc_source", type=Path, default=DEFAULT_ARC,
+                        help="a local ARC-Easy in the hub's layout (ARC-Easy-{train,validation,test}.jsonl); "
+                        "without one, synthetic rows with ARC-Easy's lengths")
     parser.add_argument("--seed", type=int, default=0, help="model initialisation seed (the data order uses 42)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -730,14 +745,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(opts.device)
     threads_reason = choose_threads(opts.threads, device)
     started = time.perf_counter()
-    config = qwen3_config(opts.shape)
-    have_shared = (opts.shared / "data" / "arc_easy").is_dir() and (opts.shared / "tokenizers" / "qwen2").is_dir()
-    data = arc_easy_data(opts.shared) if have_shared else synthetic_data()
+    config = load_model_config(str(opts.model)) if opts.model else qwen3_config(opts.shape)
+    have_arc = all((opts.arc_source / f"ARC-Easy-{split}.jsonl").is_file() for split in ("train", "validation", "test"))
+    data = arc_easy_data(opts.arc_source) if have_arc else synthetic_data()
     data.val_rows = data.val_rows[: opts.val_rows] if opts.val_rows else data.val_rows
     questions = data.test_questions[: opts.eval_prompts] if opts.eval_prompts else data.test_questions
     print(f"data ready in {time.perf_counter() - started:.1f} s: {data.description['source']}", flush=True)
     report: dict = {
-        "shape": opts.shape, "device": device.type,
+        "shape": str(opts.model) if opts.model else opts.shape, "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_threads": torch.get_num_threads(), "cpu_threads_reason": threads_reason,
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
