@@ -27,6 +27,26 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+
+
+def check_attention(name: str | None) -> None:
+    """``model.attn_implementation`` names one transformers knows and whose package is installed (one line, before
+    anything is loaded); None lets transformers choose."""
+    if name is None:
+        return
+    if name not in ATTENTION:
+        raise SlamkitError(f"model.attn_implementation={name!r}: not one of {', '.join(ATTENTION)} (or null)")
+    if name == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise SlamkitError(
+                "model.attn_implementation=flash_attention_2: the flash-attn package is not installed (or no CUDA "
+                "GPU supports it here); pip install flash-attn, or use sdpa"
+            )
+
+
 def parse_dtype(name: str) -> torch.dtype:
     """``"bfloat16"`` → ``torch.bfloat16``; an unknown name is an error listing the choices."""
     if name not in DTYPES:

@@ -184,11 +184,14 @@ class SweepSummary(Callback):
         if not jobs:
             return
         written = write_summary(sweep_dir, jobs)
-        best = best_job(jobs)
+        best = best_jobs(jobs)
         lines = [f"sweep summary ({len(jobs)} jobs, {sweep_dir}):", markdown_table(jobs).rstrip("\n")]
-        if best is not None:
-            lines.append(f"best validation accuracy: job {best.job} ({best.overrides or 'no overrides'}), "
-                         f"{100 * best.eval_accuracy:.2f}% of {best.eval_n}")
+        if len(best) == 1:
+            lines.append(f"best validation accuracy: job {best[0].job} ({best[0].overrides or 'no overrides'}), "
+                         f"{100 * best[0].eval_accuracy:.2f}% of {best[0].eval_n}")
+        elif best:
+            lines.append(f"best validation accuracy: a tie of jobs {', '.join(job.job for job in best)} at "
+                         f"{100 * best[0].eval_accuracy:.2f}% of {best[0].eval_n}: the sweep does not tell them apart")
         lines += [f"wrote {path}" for path in written]
         log.info("\n".join(lines))
         failed = [job.job for job in jobs if job.status != "complete"]
@@ -200,7 +203,10 @@ class SweepSummary(Callback):
             raise SystemExit(EXIT_BAD_INPUT)
 
 
-def best_job(jobs: list[JobSummary]) -> JobSummary | None:
-    """The completed job with the highest final validation accuracy."""
-    done = [job for job in jobs if job.eval_accuracy is not None and not math.isnan(job.eval_accuracy)]
-    return max(done, key=lambda job: job.eval_accuracy) if done else None
+def best_jobs(jobs: list[JobSummary]) -> list[JobSummary]:
+    """The completed jobs with the highest final validation accuracy: one, or several when they tie (a failed job's
+    last validation never counts)."""
+    done = [job for job in jobs if job.status == "complete" and job.eval_accuracy is not None
+            and not math.isnan(job.eval_accuracy)]
+    top = max((job.eval_accuracy for job in done), default=None)
+    return [job for job in done if job.eval_accuracy == top]

@@ -42,6 +42,7 @@ from slamkit.errors import Interrupted, SlamkitError
 from slamkit.jsonl import DISK_ERRORS
 from slamkit.model import (
     build_model,
+    check_attention,
     cpu_description,
     cpu_native_bf16,
     embedding_rows,
@@ -51,6 +52,7 @@ from slamkit.model import (
 )
 from slamkit.run_folder import (
     METRICS_LOGGER,
+    RESUME_STATE,
     RunFolder,
     files_sha256,
     make_readable,
@@ -118,9 +120,59 @@ def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation
     elif speed.single_micro_batch and accumulation > 1:
         changes["per_device_train_batch_size"], changes["gradient_accumulation_steps"] = per_device * accumulation, 1
     try:
-        return TrainingArguments(**dataclasses.asdict(dataclasses.replace(settings, **changes)))
+        args = TrainingArguments(**dataclasses.asdict(dataclasses.replace(settings, **changes)))
     except (ValueError, TypeError) as err:
         raise SlamkitError(f"training_args: {str(err).strip().splitlines()[0]}") from None
+    check_trainer_settings(args)
+    return args
+
+
+# Metrics a validation logs (SFTTrainer: the loss, and answer_accuracy's): what metric_for_best_model may name.
+VALIDATION_METRICS = ("loss", "accuracy", "correct", "questions")
+
+
+def check_trainer_settings(args: TrainingArguments) -> None:
+    """What the Trainer itself would only find out once the weights are loaded and the run folder claimed (some of
+    it only after an epoch): each a one-line error here, before anything is read."""
+    import os
+
+    from transformers import get_scheduler
+    from transformers.utils import import_utils
+
+    def refuse(key: str, what: str) -> None:
+        raise SlamkitError(f"training_args.{key}: {what}")
+
+    def name(value) -> str:
+        return str(getattr(value, "value", value))  # the strategies and optimizers are str enums
+
+    try:  # the optimizer class and its package (e.g. adamw_bnb_8bit needs bitsandbytes)
+        Trainer.get_optimizer_cls_and_kwargs(args)
+    except (ImportError, ValueError) as err:
+        refuse(f"optim={name(args.optim)}", str(err).strip().splitlines()[0])
+    try:  # the scheduler with its keyword arguments, on a throw-away optimizer
+        probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        get_scheduler(args.lr_scheduler_type, probe, num_warmup_steps=1, num_training_steps=10,
+                      scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+    except (TypeError, ValueError) as err:
+        refuse("lr_scheduler_kwargs",
+               f"{args.lr_scheduler_kwargs} do not fit lr_scheduler_type={name(args.lr_scheduler_type)} ({err})")
+    if args.batch_eval_metrics:
+        refuse("batch_eval_metrics=true", "slamkit's validation accuracy is computed over the whole set; set it to false")
+    if not args.eval_do_concat_batches:
+        refuse("eval_do_concat_batches=false", "slamkit's validation accuracy needs the batches concatenated; set it to true")
+    if args.metric_for_best_model is not None and args.metric_for_best_model.removeprefix("eval_") not in VALIDATION_METRICS:
+        names = ", ".join(f"eval_{name}" for name in VALIDATION_METRICS)
+        refuse(f"metric_for_best_model={args.metric_for_best_model}", f"a validation logs only {names}")
+    if name(args.save_strategy) == "best" and args.metric_for_best_model is None:
+        refuse("save_strategy=best", "needs training_args.metric_for_best_model (e.g. eval_accuracy)")
+    if args.use_liger_kernel and not import_utils.is_liger_kernel_available():
+        refuse("use_liger_kernel=true", "needs the liger-kernel package: pip install liger-kernel")
+    if args.deepspeed and not import_utils.is_deepspeed_available():
+        refuse("deepspeed", "needs the deepspeed package: pip install deepspeed")
+    if args.push_to_hub and os.environ.get("HF_HUB_OFFLINE"):
+        refuse("push_to_hub=true", "HF_HUB_OFFLINE is set: nothing can be pushed; set push_to_hub=false")
+    if args.fsdp and args.world_size == 1:
+        refuse("fsdp", "needs several processes (torchrun --nproc_per_node=N or accelerate launch --multi_gpu)")
 
 
 @dataclass(frozen=True)
@@ -523,7 +575,7 @@ def interrupted(err: KeyboardInterrupt, output_dir: Path, step: int | None) -> I
     name = str(err) or "SIGINT"
     number = getattr(signal, name, signal.SIGINT)
     resume = newest_complete_checkpoint(output_dir)
-    if resume is not None and (resume / "optimizer.pt").is_file():
+    if resume is not None and all((resume / name).is_file() for name in RESUME_STATE):
         after = f"cont_training=true resumes from {resume.name}"
     elif resume is not None:
         after = f"{resume.name} holds weights only (save_only_model=true): it cannot be resumed"
@@ -542,6 +594,7 @@ def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
     """
     settings, data, speed = config.training_args, config.data, config.speed
     args = build_training_arguments(settings, speed, has_validation=data.val_path is not None)
+    check_attention(config.model.attn_implementation)
     if args.n_gpu > 1 and speed.packing:
         raise SlamkitError(
             f"{args.n_gpu} GPUs visible to one process: launch with torchrun --nproc_per_node={args.n_gpu} "

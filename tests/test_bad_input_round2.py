@@ -155,3 +155,45 @@ def test_the_announced_plan_is_the_trainers_with_dataloader_drop_last(tiny_model
     trainer = build_trainer(load_causal_lm(str(tiny_model)), args, rows)
     _, per_epoch, _, _, _, _, max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())
     assert (plan.steps_per_epoch, plan.total_steps) == (per_epoch, max_steps) == (141, 423)
+
+
+def test_the_best_job_of_a_sweep_is_a_completed_one_and_ties_are_named():
+    """A failed job's last validation never wins; two completed jobs at the same accuracy are both named."""
+    from pathlib import Path as P
+
+    from slamkit.sweep import JobSummary, best_jobs
+
+    def job(name, status, accuracy):
+        return JobSummary(job=name, overrides=f"lr={name}", status=status, train_loss=0.7, eval_loss=0.7,
+                          eval_accuracy=accuracy, eval_n=100, eval_correct=None, steps=3, wall_s=1.0,
+                          folder=P(name), curve=[], loss_curve=[])
+
+    jobs = [job("0", "failed", 0.9), job("1", "complete", 0.4), job("2", "complete", 0.5), job("3", "complete", 0.5)]
+    assert [j.job for j in best_jobs(jobs)] == ["2", "3"]
+    assert [j.job for j in best_jobs(jobs[:2])] == ["1"]
+    assert best_jobs(jobs[:1]) == []
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["training_args.optim=adamw_bnb_8bit"], "training_args.optim=adamw_bnb_8bit: You need to install `bitsandbytes`"),
+    (["training_args.lr_scheduler_kwargs={bogus: 1}"], "training_args.lr_scheduler_kwargs: {'bogus': 1} do not fit "
+     "lr_scheduler_type=cosine"),
+    (["training_args.batch_eval_metrics=true"], "training_args.batch_eval_metrics=true: slamkit's validation accuracy"),
+    (["training_args.eval_do_concat_batches=false"], "training_args.eval_do_concat_batches=false: slamkit's"),
+    (["training_args.load_best_model_at_end=true", "training_args.metric_for_best_model=eval_f1",
+      "training_args.save_strategy=epoch"], "training_args.metric_for_best_model=eval_f1: a validation logs only"),
+    (["training_args.save_strategy=best"], "training_args.save_strategy=best: needs training_args.metric_for_best_model"),
+    (["training_args.fsdp=full_shard"], "training_args.fsdp: needs several processes"),
+    (["model.attn_implementation=fast"], "model.attn_implementation='fast': not one of sdpa, eager, flash_attention_2"),
+])
+def test_settings_the_trainer_would_trip_on_later_are_refused_before_the_folder_is_claimed(
+    tiny_model, sample_tokens, tmp_path, overrides, message
+):
+    """Each setting that the Trainer would only reject after the weights are loaded (some after an epoch) is one
+    line before anything is read or created."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(f"model.base_model_name={tiny_model}", f"data.train_path={sample_tokens['train']}",
+                           f"data.val_path={sample_tokens['validation']}", f"training_args.output_dir={out}", *overrides)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), err
+    assert not out.exists()
