@@ -1,7 +1,8 @@
 """Step-2 token rows for training: loading, checking, and the collator (packed or padded).
 
 A token row is ``{"input_ids": [...], "labels": [...], "attention_mask": [...]}`` (``id``, ``choice_ids`` and
-``prompt_format`` optional; rows without ``prompt_format`` are in the ``seed`` format), as written by ``example_arc/prepare_arc_tokens.py``. ``labels[i]`` is the id to predict at
+``prompt_format`` optional; rows without ``prompt_format`` are in the ``seed`` format), as written by
+``example_arc/prepare_arc_tokens.py``. ``labels[i]`` is the id to predict at
 position ``i`` (unshifted, -100 where unsupervised), the Hugging Face convention.
 """
 
