@@ -117,7 +117,7 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, ti
 
     figure = Figure(figsize=(8, 6.5), layout="constrained")
     loss_ax, accuracy_ax = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    figure.suptitle(title or "Training curves")
+    figure.suptitle(title or "Training curves", parse_math=False)  # a run named "$5" is text, not mathtext
 
     if train_steps:
         # a run of a step or two logs one or two points: a line alone would not show them
@@ -190,7 +190,8 @@ def plot_confusion_matrix(
     ax.set_ylabel("gold letter")
     colorbar = figure.colorbar(image, ax=ax, label="answers", shrink=0.8)
     colorbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"{title or 'Confusion matrix'}\naccuracy {correct}/{total} ({100.0 * correct / total:.1f}%)")
+    ax.set_title(f"{title or 'Confusion matrix'}\naccuracy {correct}/{total} ({100.0 * correct / total:.1f}%)",
+                 parse_math=False)
     return _save_png(figure, path, outputs)
 
 
@@ -225,5 +226,5 @@ def plot_sweep_curves(
     accuracy_ax.set_xlabel("optimizer step")
     accuracy_ax.set_ylim(0, 100)
     accuracy_ax.grid(alpha=0.3)
-    figure.suptitle(title or "Sweep")
+    figure.suptitle(title or "Sweep", parse_math=False)
     return _save_png(figure, path, outputs)

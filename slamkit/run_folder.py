@@ -62,8 +62,14 @@ RESUME_KEYS = (
     "config.training_args.seed", "config.training_args.learning_rate", "config.training_args.lr_scheduler_type",
     "config.training_args.warmup_steps", "config.training_args.weight_decay", "config.training_args.num_train_epochs",
     "config.training_args.max_steps", "config.training_args.optim", "config.training_args.max_grad_norm",
-    "config.training_args.label_smoothing_factor", "effective.global_batch",
+    "config.training_args.label_smoothing_factor", "config.training_args.adam_beta1", "config.training_args.adam_beta2",
+    "config.training_args.adam_epsilon", "config.training_args.optim_args", "config.training_args.lr_scheduler_kwargs",
+    "config.training_args.data_seed", "config.training_args.train_sampling_strategy", "effective.bf16",
+    "effective.global_batch",
 )
+# The data paths as written may differ (relative or absolute, another spelling) while the files are the same ones:
+# for those the contents decide (data.*.sha256).
+SAME_FILES = {"config.data.train_path": "data.train.sha256", "config.data.val_path": "data.validation.sha256"}
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
@@ -172,6 +178,8 @@ def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     changes = []
     for key in RESUME_KEYS:
         before, after = _get(old, key), _get(new, key)
+        if key in SAME_FILES and _get(old, SAME_FILES[key]) == _get(new, SAME_FILES[key]) is not None:
+            continue
         if before != after:
             shown = key.removeprefix("config.")
             if key.endswith("sha256"):

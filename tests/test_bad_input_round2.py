@@ -197,3 +197,20 @@ def test_settings_the_trainer_would_trip_on_later_are_refused_before_the_folder_
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), err
     assert not out.exists()
+
+
+def test_resume_compares_the_optimizer_settings_and_the_data_by_content_not_by_spelling():
+    """Adam's betas and epsilon, optimizer and scheduler arguments, data_seed, the sampling strategy and bf16 are
+    compared on resume; the same data file written as a relative and as an absolute path is not a change."""
+    from slamkit.run_folder import changed_settings
+
+    def record(path, **training):
+        return {"config": {"data": {"train_path": path}, "training_args": {"adam_beta2": 0.999, **training}},
+                "data": {"train": {"sha256": "abc"}}, "effective": {"bf16": True}}
+
+    assert changed_settings(record("data/t.jsonl"), record("/home/me/data/t.jsonl")) == []
+    assert changed_settings(record("t.jsonl"), record("t.jsonl", adam_beta2=0.95, data_seed=3)) == [
+        "training_args.adam_beta2: 0.999 -> 0.95", "training_args.data_seed: None -> 3"]
+    moved = record("t.jsonl")
+    moved["data"]["train"]["sha256"] = "def"
+    assert changed_settings(record("t.jsonl"), moved) == ["data.train file contents"]

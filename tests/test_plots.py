@@ -143,11 +143,24 @@ def test_failed_render_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_render_keeps_the_previous_file(tmp_path: Path) -> None:
-    """A re-plot that fails while drawing (a title with an unknown TeX command) leaves the earlier PNG as it was."""
+def test_failed_render_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    """A re-plot that fails while writing (half a PNG written, then an error) leaves the earlier PNG as it was."""
+    from matplotlib.figure import Figure
+
     path = plot_training_curves(trainer_log_history(), tmp_path / "curves.png")
     before = path.read_bytes()
+
+    def half_then_fail(self, handle, **kwargs):
+        handle.write(before[: len(before) // 2])
+        raise ValueError("drawing failed")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_fail)
     with pytest.raises(ValueError):
-        plot_training_curves(trainer_log_history(), path, title=r"$\notacommand$")
+        plot_training_curves(trainer_log_history(), path)
     assert path.read_bytes() == before
     assert_png(path)
+
+
+def test_titles_are_text_not_mathtext(tmp_path: Path) -> None:
+    """A run named with dollar signs and a backslash (mathtext syntax) is drawn as that text, not parsed."""
+    assert_png(plot_training_curves(trainer_log_history(), tmp_path / "curves.png", title=r"$\notacommand$ run $5"))
