@@ -412,7 +412,10 @@ def path_arguments(path: BenchPath, output_dir: str, device: torch.device, dtype
         **SEED_TRAINING_ARGS, output_dir=output_dir, use_cpu=device.type == "cpu", bf16=dtype == "bfloat16",
         max_steps=max_steps, save_only_model=path.save_only_model,
     )
-    return build_training_arguments(settings, path.speed, has_validation=False)
+    # A bf16 path is timed in bf16 on any CPU: the shipped config's fallback to float32 on CPUs without native bf16
+    # (speed.cpu_bf16=auto) is what it measures against, not something to apply to itself.
+    speed = replace(path.speed, cpu_bf16="force") if dtype == "bfloat16" else path.speed
+    return build_training_arguments(settings, speed, has_validation=False)
 
 
 def build_path_model(path: BenchPath, config, opts):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 import sys
@@ -27,8 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from slamkit.config import SFTConfig, unknown_key_message
-from slamkit.errors import SlamkitError, print_error, run_main
+from slamkit.errors import Interrupted, SlamkitError, print_error, run_main
 from slamkit.run_folder import read_record, write_record
+from slamkit.sweep import stopped_early
 from slamkit.training import train
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")  # absolute: also when tests import this file
@@ -50,15 +52,29 @@ def main(cfg: DictConfig) -> float | None:
         config: SFTConfig = OmegaConf.to_object(cfg)
         if sweep:  # every job of a sweep gets its own folder: <sweep dir>/<job number>
             config.training_args.output_dir = job.runtime.output_dir
-        return train(config, command_line=list(job.overrides.task)).eval_accuracy
-    except SlamkitError as err:
-        print_error(err)
+        accuracy = train(config, command_line=list(job.overrides.task)).eval_accuracy
+        # a sweeper such as Optuna records a job that returns None as a failed trial; NaN would be a value
+        return accuracy if accuracy is not None and math.isfinite(accuracy) else None
+    except Exception as err:
         if not sweep:
-            sys.exit(err.exit_code)
+            if isinstance(err, SlamkitError):
+                print_error(err)
+                sys.exit(err.exit_code)
+            raise  # a bug in a single run keeps its traceback
+        if isinstance(err, Interrupted):
+            raise  # Ctrl-C or SIGTERM stops the whole sweep, not just this job (cli() still writes the summary)
+        # In a sweep any failure of one job (a bad setting, CUDA out of memory, a bug) is that job's failure: the
+        # sweep goes on, its summary lists the error, and the command exits 2.
+        if isinstance(err, SlamkitError):
+            print_error(err)
+            reason = str(err)
+        else:
+            logging.getLogger("slamkit").exception("job %s failed", job.job.num)
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
         folder = Path(job.runtime.output_dir)
         if read_record(folder) is None:  # failed before it started: the job's folder still says why
-            write_record(folder, {"status": "failed", "error": str(err), "command_line": list(job.overrides.task)})
-        return float("nan")  # the sweep goes on; its summary lists the failure and the command exits 2
+            write_record(folder, {"status": "failed", "error": reason, "command_line": list(job.overrides.task)})
+        return None
 
 
 def added_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -97,7 +113,11 @@ def cli() -> None:
     try:
         main()
     except (HydraException, OmegaConfBaseException) as err:
+        stopped_early(err)
         raise SlamkitError(config_error(err)) from None
+    except (Exception, KeyboardInterrupt) as err:
+        stopped_early(err)  # a sweep that stopped early (a sweeper that gave up, Ctrl-C) still ends in its summary
+        raise
 
 
 if __name__ == "__main__":

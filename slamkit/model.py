@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    Qwen3Config,
-)
+from transformers import AutoTokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, Qwen3Config
+
+# The modelling classes are imported where a model is made: importing them costs seconds (torch's compiler stack),
+# which step 2, a tokenizer's only user here, does not pay.
 
 from slamkit.errors import SlamkitError
 
@@ -91,6 +92,8 @@ def load_causal_lm(
                 f"{name}: only pickle weights ({', '.join(pickles)}), refused because unpickling can run code: "
                 "convert them to safetensors, or opt in with allow_pickle=True (model.allow_pickle=true)"
             )
+    from transformers import AutoModelForCausalLM
+
     try:
         return AutoModelForCausalLM.from_pretrained(
             name,
@@ -121,6 +124,8 @@ def _first_line(err: BaseException) -> str:
 
 def load_model_config(name: str, trust_remote_code: bool = False):
     """``AutoConfig.from_pretrained`` with one-line errors (cheap: no weights are read)."""
+    from transformers import AutoConfig
+
     _check_source(name, "model")
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -163,6 +168,8 @@ def build_model(
         model = load_causal_lm(base_model_name, dtype, attn_implementation, trust_remote_code, allow_pickle)
         log.info("TWIST init: every weight warm-started from %s (weights in %s)", base_model_name, str(dtype).removeprefix("torch."))
     else:
+        from transformers import AutoModelForCausalLM
+
         config = load_model_config(base_model_name, trust_remote_code)
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
@@ -235,6 +242,8 @@ def qwen3_config(shape: str = "tiny", **overrides) -> Qwen3Config:
     change any field (e.g. ``vocab_size=1024`` for a faster test model)."""
     if shape not in QWEN3_SHAPES:
         raise ValueError(f"unknown shape {shape!r}; one of {', '.join(QWEN3_SHAPES)}")
+    from transformers import Qwen3Config
+
     fields = dict(vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6, attention_dropout=0.0)
     return Qwen3Config(**{**fields, **QWEN3_SHAPES[shape], **overrides})
 
@@ -242,6 +251,8 @@ def qwen3_config(shape: str = "tiny", **overrides) -> Qwen3Config:
 def random_model(config: Qwen3Config, seed: int = 0, attn_implementation: str | None = "sdpa") -> PreTrainedModel:
     """A float32 causal LM of ``config`` whose random weights depend only on ``seed``: the tiny test and demo
     model, and the benchmark's model of the real shape."""
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn_implementation)
 

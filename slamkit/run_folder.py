@@ -122,6 +122,32 @@ def checkpoint_is_complete(folder: Path) -> bool:
     return step is not None and isinstance(state, dict) and state.get("global_step") == step and _weights_present(folder)
 
 
+def _zip_is_whole(path: Path) -> bool:
+    """torch.save writes a zip archive: a cut one has no central directory; in a small one (RNG and scheduler
+    states) every entry's checksum is checked too (the optimizer state's gigabytes are not read twice)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return path.stat().st_size > 64 * 2**20 or archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return False
+
+
+def _safetensors_is_whole(path: Path) -> bool:
+    """A safetensors file is an 8-byte header length, a JSON header, then exactly the bytes the header's tensors
+    end at: a truncated or overwritten file fails one of these."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            length = int.from_bytes(handle.read(8), "little")
+            if not 2 <= length <= size - 8:
+                return False
+            header = json.loads(handle.read(length))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        return size == 8 + length + max(ends, default=0)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return False
+
+
 def checkpoints(output_dir: Path) -> list[Path]:
     """The ``checkpoint-N`` folders of ``output_dir``, oldest step first."""
     if not output_dir.is_dir():
@@ -156,10 +182,21 @@ def check_run_finished(folder: Path) -> None:
         )
 
 
-def make_readable(root: Path) -> None:
-    """Give ``root`` and everything under it the permissions the umask allows (transformers 5.24 writes
-    model.safetensors as 0600 whatever the umask, so teammates could not read the weights)."""
-    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+def make_readable(root: Path, names: re.Pattern | None = None) -> None:
+    """Give what a run wrote the permissions the umask allows (transformers 5.24 writes model.safetensors as 0600
+    whatever the umask, so teammates could not read the weights).
+
+    Without ``names``, ``root`` and everything under it (a folder slamkit made: a checkpoint, a staged model). With
+    ``names``, only the entries of ``root`` whose names match, and what is under them: a run folder may also hold the
+    user's own files, whose permissions are theirs to choose."""
+    if names is None:
+        paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    else:
+        paths = []
+        for entry in root.iterdir():
+            if names.fullmatch(entry.name) and not entry.is_symlink():
+                paths += [entry, *entry.rglob("*")] if entry.is_dir() else [entry]
+    for path in paths:
         if path.is_symlink():
             continue
         with contextlib.suppress(OSError):  # a file we do not own: leave it as it is
@@ -371,15 +408,16 @@ class RunFolder:
                 f"{resume}: no optimizer state to resume from (saved with save_only_model=true); "
                 "train with training_args.save_only_model=false to be able to resume"
             )
-        for name in RESUME_STATE:
-            try:
-                with zipfile.ZipFile(resume / name):  # torch.save writes a zip archive; a cut one has no directory
-                    pass
-            except (OSError, zipfile.BadZipFile):
+        # What the Trainer reads back: the optimizer and scheduler state, the RNG states (torch.save zip archives)
+        # and the weights. A damaged one would be a traceback from deep inside the Trainer, after the model loaded.
+        archives = [resume / name for name in RESUME_STATE] + sorted(resume.glob("rng_state*.pth"))
+        weights = sorted(resume.glob("model*.safetensors"))
+        for path in archives + weights:
+            if not (_zip_is_whole(path) if path.suffix != ".safetensors" else _safetensors_is_whole(path)):
                 raise SlamkitError(
-                    f"{resume / name}: damaged (truncated or overwritten), cannot resume from {resume.name}; "
+                    f"{path}: damaged (truncated or overwritten), cannot resume from {resume.name}; "
                     f"delete {resume} to resume from the checkpoint before it, or start again with overwrite=true"
-                ) from None
+                )
         log.info("cont_training: resuming from %s", resume)
         return resume
 
@@ -406,7 +444,7 @@ class RunFolder:
     def finish(self, record: dict[str, Any]) -> None:
         """The final weights and trainer_state.json are written: the record says so, last; then the run this one
         replaced (overwrite=true) is deleted."""
-        make_readable(self.path)
+        make_readable(self.path, names=RUN_FILES)
         write_record(self.path, {**record, "status": "complete", "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         if self._replace:
             shutil.rmtree(self.path / REPLACED)

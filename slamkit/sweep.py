@@ -15,6 +15,8 @@ import csv
 import json
 import logging
 import math
+import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,11 +81,36 @@ def _trainer_state(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def job_folders(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep (``0``, ``1``, ...), in job order."""
-    if not sweep_dir.is_dir():
-        return []
-    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+def _is_job(folder: Path) -> bool:
+    """A job's folder: it holds a run record, or Hydra's record of the job (``.hydra/``)."""
+    return (folder / RUN_RECORD).is_file() or (folder / ".hydra" / "overrides.yaml").is_file()
+
+
+def _job_order(path: Path) -> tuple:
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
+
+
+def job_folders(sweep_dir: Path, depth: int = 3) -> list[Path]:
+    """The job folders of a sweep, in job order: ``0``, ``1``, ... with Hydra's default ``hydra.sweep.subdir``, or
+    whatever folders (up to ``depth`` levels down) another subdir gives them."""
+    found: list[Path] = []
+
+    def visit(folder: Path, level: int) -> None:
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+        except OSError:
+            return
+        for child in children:
+            if child.name.startswith("."):  # .hydra, .slamkit_replaced: never a job
+                continue
+            if _is_job(child):
+                found.append(child)
+            elif level < depth:
+                visit(child, level + 1)
+
+    if sweep_dir.is_dir():
+        visit(sweep_dir, 1)
+    return sorted(found, key=lambda p: _job_order(p.relative_to(sweep_dir)))
 
 
 def summarize(sweep_dir: Path) -> list[JobSummary]:
@@ -100,7 +127,7 @@ def summarize(sweep_dir: Path) -> list[JobSummary]:
         last_eval = evals[-1] if evals else {}
         final = next((e for e in reversed(history) if "train_runtime" in e), {})
         jobs.append(JobSummary(
-            job=folder.name,
+            job=str(folder.relative_to(sweep_dir)),
             overrides=" ".join(o for o in overrides[folder] if o not in common),
             status=(record or {}).get("status", "no record"),
             train_loss=losses[-1] if losses else None,
@@ -155,7 +182,7 @@ def check_sweep_dir(sweep_dir: Path) -> None:
             f"{sweep_dir}: holds a training run, and a sweep writes one folder per job into its folder; "
             "give the sweep its own training_args.output_dir"
         )
-    taken = [p.name for p in job_folders(sweep_dir) if any(p.iterdir())]
+    taken = [str(p.relative_to(sweep_dir)) for p in job_folders(sweep_dir)]
     if taken:
         raise SlamkitError(
             f"{sweep_dir}: already holds the jobs of a sweep ({', '.join(taken[:5])}); give this sweep another "
@@ -163,26 +190,74 @@ def check_sweep_dir(sweep_dir: Path) -> None:
         )
 
 
+_ACTIVE: dict[str, Any] = {}  # the sweep this process is running: its folder and the lock on it
+
+
+def preflight(config) -> None:
+    """What would only fail after the first job (or after every job): refused before any job starts."""
+    sweeper = str(config.hydra.sweeper.get("_target_", ""))
+    if not sweeper.endswith("BasicSweeper") and config.data.get("val_path") is None:
+        raise SlamkitError(
+            f"{sweeper.rsplit('.', 1)[-1]} searches for the best final validation accuracy, and data.val_path is not "
+            "set: without validation no trial has a value; set data.val_path"
+        )
+    launcher = str(config.hydra.launcher.get("_target_", ""))
+    if launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+        raise SlamkitError(
+            "hydra/launcher=slurm_h100 submits every job with sbatch, which is not on PATH here: run the sweep from a "
+            "Slurm login node (inside the container: see container/README.md), or run the jobs on this machine with "
+            "hydra/launcher=submitit_local"
+        )
+
+
 class SweepSummary(Callback):
-    """Hydra callback: refuse a sweep folder that is in use; summarise the sweep when it ends (and exit 2, after
-    the summary, when a job failed).
+    """Hydra callback: claim the sweep folder (the run folders' lock: a second sweep into it fails at once) and
+    refuse one in use; summarise the sweep when it ends, and exit 2, after the summary, when a job failed.
 
     Hydra turns a callback's exceptions into warnings and carries on, so a refusal here prints its ``error:`` line
     and raises ``SystemExit`` itself, which Hydra lets through.
     """
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        from slamkit.run_folder import RunFolder
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        lock = None
         try:
-            check_sweep_dir(Path(str(config.hydra.sweep.dir)))
+            preflight(config)
+            lock = RunFolder(sweep_dir).__enter__()
+            check_sweep_dir(sweep_dir)
+            lock._hold()
         except SlamkitError as err:
+            _ACTIVE.update(lock=lock)
+            release()
             print_error(err)
             raise SystemExit(EXIT_BAD_INPUT) from None
+        _ACTIVE.update(dir=sweep_dir, lock=lock)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        jobs = summarize(sweep_dir)
-        if not jobs:
-            return
+        try:
+            report(sweep_dir)
+        finally:
+            release()
+
+
+def release() -> None:
+    """Let go of the sweep folder: its lock file goes (unless it was there before), and the folder too if the
+    sweep created it and left it empty."""
+    lock = _ACTIVE.pop("lock", None)
+    _ACTIVE.clear()
+    if lock is not None:
+        lock._leave_as_found()
+        lock.__exit__(None, None, None)
+
+
+def report(sweep_dir: Path, stopped: BaseException | None = None) -> None:
+    """Write and print the summary of the jobs in ``sweep_dir``; raise the one-line error the sweep ends with when a
+    job failed, or when the sweep itself stopped early (``stopped``)."""
+    jobs = summarize(sweep_dir)
+    if jobs:
         written = write_summary(sweep_dir, jobs)
         best = best_jobs(jobs)
         lines = [f"sweep summary ({len(jobs)} jobs, {sweep_dir}):", markdown_table(jobs).rstrip("\n")]
@@ -194,13 +269,37 @@ class SweepSummary(Callback):
                          f"{100 * best[0].eval_accuracy:.2f}% of {best[0].eval_n}: the sweep does not tell them apart")
         lines += [f"wrote {path}" for path in written]
         log.info("\n".join(lines))
-        failed = [job.job for job in jobs if job.status != "complete"]
-        if failed:
-            print_error(SlamkitError(
-                f"{sweep_dir}: {len(failed)} of {len(jobs)} jobs did not complete (job {', '.join(failed)}): see "
-                "sweep_summary.md"
-            ))
-            raise SystemExit(EXIT_BAD_INPUT)
+    failed = [job.job for job in jobs if job.status != "complete"]
+    where = ": see sweep_summary.md" if jobs else ""
+    if stopped is not None:
+        from slamkit.errors import Interrupted
+
+        text = str(stopped).splitlines()[0] if str(stopped) else ""
+        reason = text if isinstance(stopped, SlamkitError) else f"{type(stopped).__name__}: {text}".rstrip(": ")
+        message = f"{sweep_dir}: the sweep stopped after {len(jobs)} jobs ({reason}){where}"
+        if isinstance(stopped, Interrupted):
+            raise Interrupted(message, stopped.exit_code - 128) from None
+        if isinstance(stopped, KeyboardInterrupt):  # Ctrl-C between two jobs
+            raise Interrupted(f"{sweep_dir}: the sweep was interrupted (SIGINT) after {len(jobs)} jobs{where}",
+                              signal.SIGINT) from None
+        raise SlamkitError(message) from None
+    if failed:
+        print_error(SlamkitError(
+            f"{sweep_dir}: {len(failed)} of {len(jobs)} jobs did not complete (job {', '.join(failed)}){where}"
+        ))
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def stopped_early(err: BaseException) -> None:
+    """The sweep this process runs ended in ``err`` before Hydra's end-of-sweep callback (a sweeper that gave up,
+    Ctrl-C): the jobs that ran are still summarised, and the sweep ends in one line. No sweep running: nothing."""
+    if "dir" not in _ACTIVE:
+        return
+    sweep_dir = _ACTIVE["dir"]
+    try:
+        report(sweep_dir, stopped=err)
+    finally:
+        release()
 
 
 def best_jobs(jobs: list[JobSummary]) -> list[JobSummary]:

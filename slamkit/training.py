@@ -288,7 +288,7 @@ class SFTTrainer(Trainer):
 
     def _save(self, output_dir=None, state_dict=None):
         # Weights-only checkpoints in the base model's dtype: a float32-trained Qwen3-0.6B saves 1.2 GB instead of
-        # 2.4 GB, several times faster (bench/README.md). The training state itself stays float32.
+        # 2.4 GB, about as fast (bench/README.md). The training state itself stays float32.
         if self.save_dtype is not None:
             cast: dict[tuple, torch.Tensor] = {}  # one copy per tensor, so that tied weights stay tied (saved once)
             source = state_dict if state_dict is not None else self.model.state_dict()

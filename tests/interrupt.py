@@ -78,6 +78,9 @@ def install(point: str, action: str) -> None:
 
 
 if __name__ == "__main__":
+    # A suite started in the background (`nohup pytest &`) hands its children SIGINT ignored, and Python then keeps
+    # it ignored: the tests' Ctrl-C would never arrive. A terminal's Ctrl-C is what they stand for.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     point, action, *overrides = sys.argv[1:]
     install(point, action)
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -315,16 +316,50 @@ def test_kill_9_during_the_final_save_is_never_reported_as_a_finished_run(uninte
 
 
 def test_resume_from_a_damaged_optimizer_state_is_one_line(uninterrupted, tiny_model, sample_tokens, tmp_path):
-    """A truncated optimizer.pt in the newest checkpoint is named, with what to do, before any weight is loaded."""
+    """A truncated optimizer.pt, an overwritten rng_state.pth or a truncated model.safetensors in the newest
+    checkpoint (each read by the Trainer only after the model loaded) is named, with what to do, before any weight
+    is loaded; nothing changes."""
     out = tmp_path / "run"
     shutil.copytree(uninterrupted[2], out)
-    optimizer = out / "checkpoint-6" / "optimizer.pt"
-    optimizer.write_bytes(optimizer.read_bytes()[:1000])
-    line = cli_fails(*overrides(tiny_model, sample_tokens, out, "cont_training=true"))
-    assert line == (
-        f"error: {optimizer}: damaged (truncated or overwritten), cannot resume from checkpoint-6; delete "
-        f"{out / 'checkpoint-6'} to resume from the checkpoint before it, or start again with overwrite=true"
-    )
+    checkpoint = out / "checkpoint-6"
+    damage = {
+        "optimizer.pt": lambda data: data[:1000],
+        "rng_state.pth": lambda data: data[:200] + bytes(len(data) - 200),
+        "model.safetensors": lambda data: data[:-4096],
+    }
+    for name, damaged in damage.items():
+        path = checkpoint / name
+        whole = path.read_bytes()
+        path.write_bytes(damaged(whole))
+        before = snapshot(out)
+        line = cli_fails(*overrides(tiny_model, sample_tokens, out, "cont_training=true"))
+        assert line == (
+            f"error: {path}: damaged (truncated or overwritten), cannot resume from checkpoint-6; delete "
+            f"{checkpoint} to resume from the checkpoint before it, or start again with overwrite=true"
+        ), name
+        assert snapshot(out) == before
+        path.write_bytes(whole)
+
+
+def test_a_finished_run_makes_its_own_files_readable_and_leaves_the_users_alone(tmp_path):
+    """transformers writes weights 0600; a finished run opens what it wrote to the umask's permissions, and only
+    that: a private file of the user's in the same folder keeps its mode."""
+    from slamkit.run_folder import RUN_FILES, make_readable
+
+    run = tmp_path / "run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    files = {name: run / name for name in ("model.safetensors", "checkpoint-2/model.safetensors", "notes.txt", "secret")}
+    for path in files.values():
+        path.write_text("x")
+        path.chmod(0o600)
+    old = os.umask(0o022)
+    try:
+        make_readable(run, names=RUN_FILES)
+    finally:
+        os.umask(old)
+    modes = {name: stat.S_IMODE(path.stat().st_mode) for name, path in files.items()}
+    assert modes == {"model.safetensors": 0o644, "checkpoint-2/model.safetensors": 0o644, "notes.txt": 0o600,
+                     "secret": 0o600}
 
 
 def test_resume_from_a_checkpoint_without_optimizer_state_is_an_error(tiny_model, sample_tokens, tmp_path):

@@ -131,18 +131,125 @@ def test_the_slurm_launcher_config_composes(tiny_model):
     assert set(launcher) >= {"account", "qos", "constraint", "additional_parameters", "setup"}
 
 
-def test_optuna_sweeper_maximises_the_returned_validation_accuracy(tiny_model, sample_tokens, tmp_path):
-    """hparams_search=lr_optuna runs its trials (3 here) as jobs with their own folders; each trial's value is
-    the job's final eval_accuracy, which cli/train_sft.py returns."""
+def fail_some_trainings(monkeypatch, fail: set[int]) -> list[int]:
+    """Make the n-th training of this process (0, 1, ...) raise what slamkit does not expect (a RuntimeError, as CUDA
+    running out of memory would) for each n in ``fail``; returns the list of trainings started."""
+    from slamkit.training import SFTTrainer
+
+    started: list[int] = []
+    original = SFTTrainer.train
+
+    def train(self, *args, **kwargs):
+        started.append(len(started))
+        if started[-1] in fail:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "train", train)
+    return started
+
+
+def test_optuna_sweeper_maximises_the_returned_validation_accuracy(tiny_model, sample_tokens, tmp_path, monkeypatch):
+    """hparams_search=lr_optuna with the config's example overrides (a search range on the command line replaces
+    the config's) and the sqlite storage it suggests: each trial is a job with its own folder, its value the job's
+    final eval_accuracy; a trial that fails (here trial 1, with an error slamkit does not expect) is a failed trial
+    in the study and a failed row in the summary, the others go on, and the command exits 2 after the summary."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    sweep = tmp_path / "search"
+    import optuna
+
+    fail_some_trainings(monkeypatch, fail={1})
+    sweep, db = tmp_path / "search", tmp_path / "study.db"
     code, out, err = run_cli("-m", "hparams_search=lr_optuna", "hydra.sweeper.n_trials=3",
+                             f"hydra.sweeper.storage=sqlite:///{db}", "training_args.learning_rate=tag(log, interval(1e-3, 2e-3))",
                              *sweep_args(tiny_model, sample_tokens, sweep))
-    assert code == 0, (out + err)[-3000:]
-    rows = assert_summary_is_each_jobs_own(sweep, jobs=3)
+    assert code == 2, (out + err)[-3000:]
+    assert err.splitlines()[-1] == f"error: {sweep}: 1 of 3 jobs did not complete (job 1): see sweep_summary.md"
+    rows = summary_rows(sweep)
+    assert [row["status"] for row in rows] == [
+        "complete", "failed: CUDA out of memory. Tried to allocate 20.00 GiB", "complete"]
+    study = optuna.load_study(study_name="slamkit_lr", storage=f"sqlite:///{db}")
+    states = [trial.state.name for trial in study.trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert all(1e-3 <= trial.params["training_args.learning_rate"] <= 2e-3 for trial in study.trials)
+    done = [rows[0], rows[2]]
+    assert [t.value for t in study.trials if t.state.name == "COMPLETE"] == [
+        pytest.approx(float(row["eval_accuracy"].rstrip("%")) / 100, abs=5e-5) for row in done]
     optimization = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    best = max(float(row["eval_accuracy"].rstrip("%")) for row in rows) / 100
-    assert optimization["best_value"] == pytest.approx(best)
+    assert optimization["best_value"] == max(t.value for t in study.trials if t.state.name == "COMPLETE")
+
+
+def test_a_search_that_ends_without_a_completed_trial_still_ends_in_its_summary(tiny_model, sample_tokens, tmp_path,
+                                                                                 monkeypatch):
+    """Every trial failed: Optuna has no best trial and gives up; the sweep still writes its summary and ends in one
+    line naming why it stopped, exit 2."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    fail_some_trainings(monkeypatch, fail={0})
+    sweep = tmp_path / "search"
+    code, out, err = run_cli("-m", "hparams_search=lr_optuna", "hydra.sweeper.n_trials=1",
+                             *sweep_args(tiny_model, sample_tokens, sweep))
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        f"error: {sweep}: the sweep stopped after 1 jobs (ValueError: No trials are completed yet.): see "
+        "sweep_summary.md")
+    assert [row["status"] for row in summary_rows(sweep)] == ["failed: CUDA out of memory. Tried to allocate 20.00 GiB"]
+    assert not (sweep / ".slamkit.lock").exists()
+
+
+def test_a_search_without_validation_or_a_slurm_sweep_without_sbatch_is_refused_before_any_job(
+        tiny_model, sample_tokens, tmp_path, monkeypatch):
+    """Optuna maximises the validation accuracy: with no data.val_path no trial could have a value. The Slurm
+    launcher submits with sbatch: without it on PATH. Both one line, exit 2, nothing written."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "search"
+    args = [a for a in sweep_args(tiny_model, sample_tokens, sweep) if not a.startswith("data.val_path=")]
+    code, _, err = run_cli("-m", "hparams_search=lr_optuna", *args, "data.val_path=null")
+    assert (code, err.splitlines()) == (2, [
+        "error: OptunaSweeper searches for the best final validation accuracy, and data.val_path is not set: without "
+        "validation no trial has a value; set data.val_path"])
+    monkeypatch.setenv("PATH", str(tmp_path / "no_slurm_here"))
+    code, _, err = run_cli("-m", "hydra/launcher=slurm_h100", "training_args.learning_rate=1e-3,2e-3",
+                           *sweep_args(tiny_model, sample_tokens, sweep))
+    assert (code, err.splitlines()[-1]) == (2, (
+        "error: hydra/launcher=slurm_h100 submits every job with sbatch, which is not on PATH here: run the sweep from "
+        "a Slurm login node (inside the container: see container/README.md), or run the jobs on this machine with "
+        "hydra/launcher=submitit_local"))
+    assert not sweep.exists()
+
+
+def test_a_custom_subdir_sweep_lists_its_jobs_and_a_job_that_raises_is_a_failed_row(tiny_model, sample_tokens,
+                                                                                   tmp_path, monkeypatch):
+    """hydra.sweep.subdir named by the overrides: the summary finds the jobs in their folders; a job that raises
+    anything (not only a slamkit error) is that job's failure, not the sweep's end; a second sweep into the folder is
+    refused, whatever the subdir; a sweep folder held by another sweep is refused at once."""
+    fail_some_trainings(monkeypatch, fail={1})
+    sweep = tmp_path / "sweep"
+    subdir = "hydra.sweep.subdir=lr_${training_args.learning_rate}"
+    code, out, err = run_cli("-m", subdir, "training_args.learning_rate=1e-3,2e-3",
+                             *sweep_args(tiny_model, sample_tokens, sweep))
+    assert code == 2, (out + err)[-3000:]
+    assert err.splitlines()[-1] == f"error: {sweep}: 1 of 2 jobs did not complete (job lr_0.002): see sweep_summary.md"
+    rows = summary_rows(sweep)
+    assert [(row["job"], row["status"]) for row in rows] == [
+        ("lr_0.001", "complete"), ("lr_0.002", "failed: CUDA out of memory. Tried to allocate 20.00 GiB")]
+    assert rows[0]["folder"] == str(sweep / "lr_0.001") and (sweep / "lr_0.001" / "model.safetensors").is_file()
+    assert "RuntimeError: CUDA out of memory" in out + err  # the job's traceback is logged: it may be a bug
+
+    code, _, err = run_cli("-m", "hydra.sweep.subdir=again_${hydra.job.num}", "training_args.learning_rate=1e-3",
+                           *sweep_args(tiny_model, sample_tokens, sweep))
+    assert (code, err.splitlines()[-1]) == (2, (
+        f"error: {sweep}: already holds the jobs of a sweep (lr_0.001, lr_0.002); give this sweep another "
+        "training_args.output_dir"))
+
+    from slamkit.run_folder import RunFolder
+
+    other = tmp_path / "other"
+    with RunFolder(other) as held:
+        held._hold()
+        code, _, err = run_cli("-m", "training_args.learning_rate=1e-3,2e-3",
+                               *sweep_args(tiny_model, sample_tokens, other))
+        assert sorted(p.name for p in other.iterdir()) == [".slamkit.lock"]  # no job started
+    assert code == 2 and err.splitlines()[-1].startswith(f"error: {other}: in use by another run (pid {os.getpid()} ")
 
 
 def test_a_missing_plugin_is_one_line_naming_the_extra(tmp_path):
