@@ -298,7 +298,7 @@ class RunFolder:
         self._lock = fd
         return self
 
-    def _hold(self) -> None:
+    def hold(self) -> None:
         """Say in the lock file who holds the folder (what a second run's error names)."""
         holder = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
         os.ftruncate(self._lock, 0)
@@ -312,14 +312,14 @@ class RunFolder:
             elif error is not None and self.started:
                 self._mark_failed(error)
             if error is not None and not self.started:
-                self._leave_as_found()
+                self.leave_as_found()
         finally:
             self._detach_log()
             if self._lock is not None:
                 os.close(self._lock)  # releases the flock
                 self._lock = None
 
-    def _leave_as_found(self) -> None:
+    def leave_as_found(self) -> None:
         """A run that never started: remove the lock file it created, and the folders it created (when empty)."""
         if not self._lock_existed:
             with contextlib.suppress(OSError):
@@ -347,7 +347,7 @@ class RunFolder:
             )
         entries = [p for p in self.path.iterdir() if p.name != LOCK_FILE]
         if not entries:
-            self._hold()
+            self.hold()
             return
         self.previous = read_record(self.path)
         is_run = (
@@ -380,7 +380,7 @@ class RunFolder:
                 f"{self.path}: cont_training=true, but its run finished and left no checkpoint to resume from; "
                 "train into another training_args.output_dir, or replace it with overwrite=true"
             )
-        self._hold()
+        self.hold()
 
     def resume_point(self, record: dict[str, Any], cont_training: bool, accept_changed_settings: bool) -> Path | None:
         """The checkpoint to resume from (None: start from the beginning); still before the weights are loaded.

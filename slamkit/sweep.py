@@ -227,7 +227,7 @@ class SweepSummary(Callback):
             preflight(config)
             lock = RunFolder(sweep_dir).__enter__()
             check_sweep_dir(sweep_dir)
-            lock._hold()
+            lock.hold()
         except SlamkitError as err:
             _ACTIVE.update(lock=lock)
             release()
@@ -249,7 +249,7 @@ def release() -> None:
     lock = _ACTIVE.pop("lock", None)
     _ACTIVE.clear()
     if lock is not None:
-        lock._leave_as_found()
+        lock.leave_as_found()
         lock.__exit__(None, None, None)
 
 

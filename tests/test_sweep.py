@@ -245,7 +245,7 @@ def test_a_custom_subdir_sweep_lists_its_jobs_and_a_job_that_raises_is_a_failed_
 
     other = tmp_path / "other"
     with RunFolder(other) as held:
-        held._hold()
+        held.hold()
         code, _, err = run_cli("-m", "training_args.learning_rate=1e-3,2e-3",
                                *sweep_args(tiny_model, sample_tokens, other))
         assert sorted(p.name for p in other.iterdir()) == [".slamkit.lock"]  # no job started
