@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from slamkit.config import SFTConfig, unknown_key_message
-from slamkit.errors import Interrupted, SlamkitError, print_error, run_main
+from slamkit.errors import Interrupted, SlamkitError, one_line, print_error, run_main
 from slamkit.run_folder import read_record, write_record
 from slamkit.sweep import stopped_early
 from slamkit.training import train
@@ -67,13 +67,11 @@ def main(cfg: DictConfig) -> float | None:
         # sweep goes on, its summary lists the error, and the command exits 2.
         if isinstance(err, SlamkitError):
             print_error(err)
-            reason = str(err)
         else:
             logging.getLogger("slamkit").exception("job %s failed", job.job.num)
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
         folder = Path(job.runtime.output_dir)
         if read_record(folder) is None:  # failed before it started: the job's folder still says why
-            write_record(folder, {"status": "failed", "error": reason, "command_line": list(job.overrides.task)})
+            write_record(folder, {"status": "failed", "error": one_line(err), "command_line": list(job.overrides.task)})
         return None
 
 

@@ -41,6 +41,12 @@ def run_main(main: Callable[[], int | None]) -> None:
     sys.exit(code or 0)
 
 
+def one_line(err: BaseException) -> str:
+    """What went wrong, in one line: a slamkit error's message; anything else as ``Type: first line``."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    return text if isinstance(err, SlamkitError) else f"{type(err).__name__}: {text}".rstrip(": ")
+
+
 def print_error(err: SlamkitError) -> None:
     """``error: <message>`` on stderr, on a line of its own."""
     from tqdm import tqdm

@@ -23,10 +23,10 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from slamkit.errors import EXIT_BAD_INPUT, SlamkitError, print_error
+from slamkit.errors import EXIT_BAD_INPUT, Interrupted, SlamkitError, one_line, print_error
 from slamkit.evaluation import wilson_interval
 from slamkit.jsonl import output_set
-from slamkit.run_folder import RUN_RECORD, TRAINER_STATE, checkpoints, read_record
+from slamkit.run_folder import RUN_RECORD, TRAINER_STATE, RunFolder, checkpoints, read_record
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,6 @@ class SweepSummary(Callback):
     """
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        from slamkit.run_folder import RunFolder
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         lock = None
         try:
@@ -272,11 +270,7 @@ def report(sweep_dir: Path, stopped: BaseException | None = None) -> None:
     failed = [job.job for job in jobs if job.status != "complete"]
     where = ": see sweep_summary.md" if jobs else ""
     if stopped is not None:
-        from slamkit.errors import Interrupted
-
-        text = str(stopped).splitlines()[0] if str(stopped) else ""
-        reason = text if isinstance(stopped, SlamkitError) else f"{type(stopped).__name__}: {text}".rstrip(": ")
-        message = f"{sweep_dir}: the sweep stopped after {len(jobs)} jobs ({reason}){where}"
+        message = f"{sweep_dir}: the sweep stopped after {len(jobs)} jobs ({one_line(stopped)}){where}"
         if isinstance(stopped, Interrupted):
             raise Interrupted(message, stopped.exit_code - 128) from None
         if isinstance(stopped, KeyboardInterrupt):  # Ctrl-C between two jobs
