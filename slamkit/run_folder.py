@@ -40,7 +40,13 @@ log = logging.getLogger(__name__)
 
 RUN_RECORD = "slamkit_run.yaml"  # the run record, beside the weights of every checkpoint and of the output folder
 LOCK_FILE = ".slamkit.lock"
-REPLACED = ".slamkit_replaced"  # overwrite=true moves the old run here, and deletes it only when the new one finished
+# overwrite=true moves the old run into REPLACED when the new run starts; ALL_MOVED (inside it) says the move is
+# done, so what the folder holds from then on is the new run's; a finished new run renames REPLACED to DISCARD
+# and deletes it. A run killed (kill -9) anywhere in between leaves a state the next run into the folder puts right
+# (RunFolder.recover): the old run restored, or the finished new run kept.
+REPLACED = ".slamkit_replaced"
+ALL_MOVED = ".all_moved"
+DISCARD = ".slamkit_discard"
 # What a run writes into its folder (the Trainer, the tokenizer, slamkit, the loggers): what overwrite=true may move.
 RUN_FILES = re.compile(
     r"checkpoint-\d+|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|pytorch_model\.bin|config\.json|"
@@ -339,12 +345,7 @@ class RunFolder:
         An empty folder is this run's. A folder holding another run needs ``cont_training`` (resume it) or
         ``overwrite`` (replace it when this run starts); a folder holding anything else is refused.
         """
-        if (self.path / REPLACED).exists():
-            raise SlamkitError(
-                f"{self.path}: an overwrite=true run into this folder stopped before it finished, and the run it "
-                f"replaced is kept whole in {self.path / REPLACED}; move its contents back into {self.path} (after "
-                "removing what the stopped run wrote) to keep it, or delete it"
-            )
+        self.recover()
         entries = [p for p in self.path.iterdir() if p.name != LOCK_FILE]
         if not entries:
             self.hold()
@@ -431,6 +432,7 @@ class RunFolder:
             aside.mkdir()
             for path in self._replace:
                 os.replace(path, aside / path.name)
+            (aside / ALL_MOVED).touch()  # from here on, the run files in the folder are this run's
         for path in self._stale:
             log.warning("cont_training: deleting %s: incomplete (the run stopped while saving it)", path)
             shutil.rmtree(path)
@@ -447,21 +449,59 @@ class RunFolder:
         make_readable(self.path, names=RUN_FILES)
         write_record(self.path, {**record, "status": "complete", "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         if self._replace:
-            shutil.rmtree(self.path / REPLACED)
             self._replace = []
+            os.replace(self.path / REPLACED, self.path / DISCARD)  # one rename: this run is the folder's now
+            try:
+                shutil.rmtree(self.path / DISCARD)
+            except OSError as err:  # the run is complete: the next run into the folder deletes what is left
+                log.warning("%s: could not delete the replaced run (%s)", self.path / DISCARD, err.strerror)
 
     def _restore_replaced(self) -> None:
         """This run (overwrite=true) failed or was interrupted after it started: what it wrote goes, the run it
         replaced comes back."""
+        self._replace = []
+        self._put_back()
+        log.warning("overwrite=true: this run did not finish; the run it was replacing is restored in %s", self.path)
+
+    def _put_back(self) -> None:
+        """Delete the run files the replacing run wrote (its record first, so that a folder cut short here is
+        never taken for a finished run), then move the replaced run back; files that are not a run's stay."""
         aside = self.path / REPLACED
-        for path in self.path.iterdir():
-            if path.name not in (LOCK_FILE, REPLACED):
+        if (aside / ALL_MOVED).exists():
+            written = [p for p in self.path.iterdir() if RUN_FILES.fullmatch(p.name)]
+            for path in sorted(written, key=lambda p: p.name != RUN_RECORD):
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        for path in aside.iterdir():
+            (aside / ALL_MOVED).unlink()  # from here on, the run files in the folder are the replaced run's
+        back = [p for p in aside.iterdir()]
+        clash = [p for p in back if (self.path / p.name).exists() or (self.path / p.name).is_symlink()]
+        if clash:
+            raise SlamkitError(
+                f"{self.path}: cannot move the replaced run back from {aside}: the folder also holds "
+                f"{_describe([self.path / p.name for p in clash])}; move those elsewhere and run again"
+            )
+        for path in back:
             os.replace(path, self.path / path.name)
         aside.rmdir()
-        self._replace = []
-        log.warning("overwrite=true: this run did not finish; the run it was replacing is restored in %s", self.path)
+
+    def recover(self) -> None:
+        """Put right what an overwrite=true run killed outright (kill -9, a node failure) left behind; the lock is
+        held, so that run is gone. Killed after it finished: its replaced run is deleted, as it would have been.
+        Killed before: what it wrote goes and the run it replaced comes back, whole."""
+        if (self.path / DISCARD).is_dir():
+            shutil.rmtree(self.path / DISCARD)
+        aside = self.path / REPLACED
+        if not aside.is_dir():
+            return
+        record = read_record(self.path) if (aside / ALL_MOVED).exists() else None
+        if record is not None and record.get("status") == "complete":
+            os.replace(aside, self.path / DISCARD)
+            shutil.rmtree(self.path / DISCARD)
+            log.warning("overwrite=true: the run that replaced the one in %s finished, but was killed before it "
+                        "deleted the old run; deleted it now", self.path)
+            return
+        self._put_back()
+        log.warning("overwrite=true: a run that was replacing the one in %s was killed before it finished; "
+                    "what it wrote is deleted and the run it was replacing is restored", self.path)
 
     def _mark_failed(self, error: BaseException) -> None:
         record = read_record(self.path) or {}

@@ -16,6 +16,36 @@ from helpers import SAMPLE, SHARED, build_tiny_qwen3
 from helpers import SAMPLE_TOKENIZER as QWEN_TOKENIZER_DIR
 
 
+MAX_WORKERS = 4  # pytest-xdist workers for `-n auto` (pyproject): each holds its own torch and fixtures
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per CPU this process may use, at most MAX_WORKERS; one for `-m slow` (one file, one
+    real model at a time: every CPU for it)."""
+    marks = config.getoption("markexpr") or ""
+    if "slow" in marks and "not slow" not in marks:
+        return 1
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+# The files that take longest, first (pyproject: --dist loadfile --no-loadscope-reorder): each goes to one worker
+# as a whole, so a long one handed out last would leave the other workers idle while it runs.
+LONGEST_FIRST = ("test_run_integrity.py", "test_bench.py", "test_training.py", "test_sweep.py", "test_faults.py",
+                 "test_learnability.py", "test_bad_input.py", "test_prompt_format.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept
+
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    # A worker's share of the CPUs, for torch here and for every process a test starts (set before torch loads):
+    # two workers with two threads each on two cores would only get in each other's way.
+    _share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _share))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

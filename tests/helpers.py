@@ -29,12 +29,25 @@ OFFLINE_ENV = {
 }
 
 
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment of the scripts the tests run: offline, tests/ importable (tests/interrupt.py imports
+    helpers), and ``extra``. Without ``extra`` it is the environment tests/warm.py keeps a warm process for."""
+    return {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(REPO / "tests"), **extra}
+
+
+def start_script(script: str, *args, env: dict | None = None):
+    """``python <script> args`` from the repository root, running: a ``subprocess.Popen`` (text output captured),
+    or its tests/warm.py equivalent when ``env`` adds nothing (the process is as real, without seconds of imports)."""
+    import warm
+
+    return warm.popen([str(REPO / script), *map(str, args)], REPO, script_env(**(env or {})), script_env())
+
+
 def run_script(script: str, *args, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python <script> args`` from the repository root, offline; capture text output (3-5 s of imports)."""
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *map(str, args)],
-        cwd=REPO, env={**os.environ, **OFFLINE_ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout,
-    )
+    """Run ``python <script> args`` from the repository root, offline, to its end; capture text output."""
+    import warm
+
+    return warm.run([str(REPO / script), *map(str, args)], REPO, script_env(**(env or {})), script_env(), timeout)
 
 
 _SCRIPTS: dict[str, ModuleType] = {}

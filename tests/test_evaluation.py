@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from slamkit.arc import read_conversations
@@ -88,16 +87,17 @@ def test_eval_script_scores_every_question_and_writes_results(sample_test, tiny,
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_seed_smoke_command_scores_the_first_100_in_file_order(sample_test, tiny, tmp_path):
-    """The seed's `eval_arc_base.py ... --batch_size 16 --max_problems 100` (local model) scores exactly the
-    first 100 questions, 6 of them with numeric labels, and exits 0."""
+def test_seed_smoke_command_scores_the_first_100_in_file_order(sample_test, tiny, tmp_path, load_script, capsys):
+    """The seed's `eval_arc_base.py ... --batch_size 16 --max_problems 100` (local model; in-process, as its
+    __main__ runs it: bench/gpu_check.py's test runs step 4 as a process) scores exactly the first 100
+    questions, 6 of them with numeric labels, and exits 0."""
     out = tmp_path / "base"
-    done = run_script(
-        "example_arc/eval_arc_base.py", "--model_name", tiny, "--data_path", sample_test, "--batch_size", "16",
-        "--max_problems", "100", "--output_dir", out,
+    code = load_script("example_arc/eval_arc_base.py").main(
+        ["--model_name", str(tiny), "--data_path", str(sample_test), "--batch_size", "16", "--max_problems", "100",
+         "--output_dir", str(out)]
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "/100 = " in done.stdout and "skipped: 0" in done.stdout
+    printed = capsys.readouterr().out
+    assert code == 0 and "/100 = " in printed and "skipped: 0" in printed
     ids = [json.loads(x)["id"] for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert ids == [r["id"] for r in read_conversations(sample_test)[:100]]
 

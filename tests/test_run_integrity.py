@@ -2,7 +2,7 @@
 
 Faults are injected for real: ``kill -9`` (tests/interrupt.py SIGKILLs the training process at a chosen point:
 mid-run, during save_total_limit's checkpoint rotation, during the final save), two runs started into one folder,
-a diverging run, a full disk (a small tmpfs in a private mount namespace). CPU, float32, the tiny Qwen3 on 48
+SIGINT and SIGTERM (tests/test_faults.py: numbers that are not finite, a full or read-only disk). CPU, float32, the tiny Qwen3 on 48
 sample rows: 16 per step, 3 steps per epoch, so "identical" means bit-identical.
 """
 
@@ -14,18 +14,17 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import OFFLINE_ENV, REPO, load_script, run_cli
-from safetensors.torch import load_file, save_file
+from helpers import run_cli, run_script, start_script
+from safetensors.torch import load_file
 
-from slamkit.errors import SlamkitError, run_main
-from slamkit.run_folder import LOCK_FILE, RUN_RECORD, checkpoint_is_complete
+from slamkit.errors import SlamkitError
+from slamkit.run_folder import ALL_MOVED, DISCARD, LOCK_FILE, REPLACED, RUN_RECORD, checkpoint_is_complete
 
 EPOCH = 3  # optimizer steps per epoch: 48 rows / 16
 
@@ -44,13 +43,11 @@ def overrides(base: Path, tokens: dict[str, Path], out: Path, *extra: str, epoch
 
 def interrupted(point: str, action: str, args: list[str], wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
     """tests/interrupt.py: run the command and SIGKILL (or pause) it at ``point``."""
-    command = [sys.executable, str(REPO / "tests" / "interrupt.py"), point, action, *args]
     # The same torch thread count as this process: the resumed half runs here, and float sums depend on it.
-    threads = str(torch.get_num_threads())
-    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": threads, "PYTHONPATH": str(REPO / "tests")}
+    env = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
     if not wait:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        return start_script("tests/interrupt.py", point, action, *args, env=env)
+    return run_script("tests/interrupt.py", point, action, *args, env=env)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -178,6 +175,96 @@ def test_ctrl_c_during_an_overwrite_restores_the_old_run(uninterrupted, tiny_mod
     assert err.strip().splitlines()[-1] == f"error: {out}: interrupted (SIGINT) at step 1; no checkpoint was saved yet"
     assert "Traceback" not in err
     assert snapshot(out) == before
+
+
+def test_kill_9_during_an_overwrite_gives_the_old_run_back_to_the_next_run(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """SIGKILL of an overwrite=true run at step 1 (no clean-up runs): the next run into the folder restores the old
+    run byte for byte, says so, and then decides as for any folder holding a run: refused without overwrite=true;
+    with it, replaced by a run that finishes and leaves nothing set aside."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted[2], out)
+    before = snapshot(out)
+    killed = interrupted("step:1", "kill", overrides(tiny_model, sample_tokens, out, "overwrite=true", epochs=1))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (out / REPLACED / ALL_MOVED).is_file() and record(out)["status"] == "running"
+    code, printed, err = run_cli(*overrides(tiny_model, sample_tokens, out))
+    assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: {out}: already holds a run ("), printed + err
+    assert "was killed before it finished; what it wrote is deleted and the run it was replacing is restored" in printed + err
+    assert snapshot(out) == before
+    cli_ok(*overrides(tiny_model, sample_tokens, out, "overwrite=true", epochs=1))
+    assert record(out)["status"] == "complete" and record(out)["config"]["training_args"]["num_train_epochs"] == 1
+    assert not (out / REPLACED).exists() and not (out / DISCARD).exists()
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: raised where the process dies, and nothing (no __exit__) cleans up."""
+
+
+@pytest.mark.parametrize("phase", ["moving", "moved", "training", "restoring", "finished", "deleting"])
+def test_an_overwrite_killed_in_any_phase_is_put_right_by_the_next_run(phase, tmp_path, monkeypatch):
+    """An overwrite=true run dies, with no clean-up, while it sets the old run aside, just after, while it trains,
+    while it moves the old run back after a failure, after its record says complete, or while it deletes the old
+    run: the next run into the folder finds the old run whole (killed before it finished) or the new run alone
+    (killed after it finished); a file the user added meanwhile stays."""
+    from slamkit import run_folder
+
+    out = tmp_path / "run"
+    (out / "checkpoint-3").mkdir(parents=True)
+    (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
+    (out / "model.safetensors").write_bytes(b"old")
+    (out / "train_sft.log").write_text("old log")
+    (out / RUN_RECORD).write_text(yaml.safe_dump({"status": "complete"}))
+    old = snapshot(out)
+    real_replace, real_rmtree, moves = os.replace, shutil.rmtree, []
+
+    def replace(src, dst):
+        moves.append(dst)  # the first 4 set the old run aside, the next 4 (restoring) move it back
+        if (phase == "moving" and len(moves) == 2) or (phase == "restoring" and len(moves) == 6):
+            raise Killed
+        if phase == "finished" and Path(dst).name == DISCARD:
+            raise Killed
+        return real_replace(src, dst)
+
+    def rmtree(path, *a, **k):
+        if phase == "deleting" and Path(path).name == DISCARD:
+            (Path(path) / "model.safetensors").unlink()  # the deletion has begun...
+            raise Killed  # ...and the process dies
+        return real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(run_folder.os, "replace", replace)
+    monkeypatch.setattr(run_folder.shutil, "rmtree", rmtree)
+    if phase == "moved":  # dies right after the old run is aside, before writing its own record
+        monkeypatch.setattr(run_folder, "write_record", lambda *a: (_ for _ in ()).throw(Killed()))
+    folder = run_folder.RunFolder(out).__enter__()
+    try:
+        folder.claim(cont_training=False, overwrite=True)
+        folder.start({"status": "running"})
+        (out / "model.safetensors").write_bytes(b"new")
+        (out / "notes.txt").write_text("the user's")
+        if phase == "training":
+            raise Killed
+        if phase == "restoring":
+            folder._restore_replaced()
+        folder.finish({})
+        pytest.fail("the run was to die")
+    except Killed:
+        pass
+    finally:
+        folder._detach_log()  # this test's process lives on: its loggers go back as they were
+        os.close(folder._lock)  # the kernel's part of a process death: the lock is free
+    monkeypatch.undo()
+    assert (out / REPLACED).is_dir() or (out / DISCARD).is_dir()
+
+    with run_folder.RunFolder(out) as again:
+        again.recover()
+    now = snapshot(out)
+    assert not (out / REPLACED).exists() and not (out / DISCARD).exists()
+    if phase in ("finished", "deleting"):  # the new run had finished: it stays, and only it
+        assert sorted(now) == ["model.safetensors", "notes.txt", RUN_RECORD, "train_sft.log"]
+        assert now["model.safetensors"] == b"new" and record(out)["status"] == "complete"
+    else:
+        assert {name: data for name, data in now.items() if name != "notes.txt"} == old
+        assert phase in ("moving", "moved") or now["notes.txt"] == b"the user's"
 
 
 def test_sigterm_stops_a_run_with_one_line_and_a_record_that_says_interrupted(uninterrupted, tiny_model, sample_tokens, tmp_path):
@@ -384,126 +471,3 @@ def test_same_seed_same_data_gives_identical_checkpoints(uninterrupted, tiny_mod
     for sub in ("checkpoint-3", "checkpoint-6", "."):
         assert_identical(weights(again / sub), weights(uninterrupted[2] / sub))
         assert record(uninterrupted[2] / sub)["config"]["training_args"]["seed"] == 7
-
-
-# ---------------------------------------------------------------- numbers that are not finite
-
-
-@pytest.fixture(scope="module")
-def nan_model(tiny_model, tmp_path_factory) -> Path:
-    """The tiny model with one NaN weight (what a diverged run would have saved)."""
-    folder = tmp_path_factory.mktemp("nan") / "model"
-    shutil.copytree(tiny_model, folder)
-    tensors = weights(folder)
-    tensors["model.norm.weight"][0] = float("nan")
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
-
-
-def test_a_nan_training_loss_stops_the_run_with_one_line_and_no_nan_checkpoint(nan_model, sample_tokens, tmp_path):
-    """Training from weights that give a NaN loss stops at the first logged step with exit code 2 and one line;
-    no checkpoint is written and the run record says failed."""
-    out = tmp_path / "run"
-    line = cli_fails(*overrides(nan_model, sample_tokens, out))
-    assert line == (
-        "error: loss is nan at step 1 (training_args.learning_rate=0.001): the run diverged and was stopped; the "
-        "checkpoints saved before it are finite. Lower training_args.learning_rate, or check the data and the base model"
-    )
-    assert list(out.glob("checkpoint-*")) == []
-    assert record(out)["status"] == "failed" and record(out)["error"].startswith("loss is nan at step 1")
-
-
-def test_nan_weights_are_never_saved_even_when_no_loss_is_logged(nan_model, sample_tokens, tmp_path):
-    """With logging_steps larger than the run, the weights' own check before the epoch's checkpoint stops it."""
-    out = tmp_path / "run"
-    line = cli_fails(*overrides(nan_model, sample_tokens, out, "training_args.logging_steps=100"))
-    assert line.startswith("error: checkpoint-3: weight ") and "is not finite (nan or inf)" in line
-    assert not (out / "checkpoint-3" / "model.safetensors").exists()
-
-
-def test_evaluation_refuses_to_report_an_accuracy_from_nan_logits(nan_model, sample_step1, tmp_path, capsys):
-    """eval_arc.py on a model whose logits are NaN names the first question, writes no results, exits 2."""
-    out = tmp_path / "eval"
-    argv = ["--model_path", str(nan_model), "--data_path", str(sample_step1 / "arc_easy_test.jsonl"),
-            "--max_problems", "20", "--device", "cpu", "--output_dir", str(out)]
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as caught:
-        run_main(lambda: load_script("example_arc/eval_arc.py").main(argv))
-    assert caught.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: question ") and "letter logits are not finite (nan or inf), so no accuracy" in err
-    assert not out.exists()
-
-
-# ---------------------------------------------------------------- a full disk
-
-
-def in_small_tmpfs(size: str, script: str, options: str = "") -> subprocess.CompletedProcess:
-    """Run ``script`` (bash) with a fresh tmpfs of ``size`` mounted at $FS (more mount ``options``: ",ro"), in a
-    private mount namespace ($ERR: a file outside it for stderr)."""
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("cannot create a mount namespace here (unshare -rm) to mount a small filesystem")
-    full = f'set -u; FS=$(mktemp -d); ERR=$(mktemp); mount -t tmpfs -o size={size}{options} tmpfs "$FS" || exit 99; cd {REPO}; {script}'
-    done = subprocess.run(["unshare", "-rm", "bash", "-c", full], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"})
-    if done.returncode == 99:
-        pytest.skip("cannot mount a tmpfs here")
-    return done
-
-
-def test_step1_on_a_full_disk_writes_no_split_and_keeps_the_old_ones(tmp_path):
-    """Step 1 into a folder that runs out of space half way: one line saying so, the previous three files intact."""
-    done = in_small_tmpfs("1m", """
-        python example_arc/prepare_arc_data.py --source example_arc/sample --output_dir "$FS/out" > /dev/null || exit 1
-        md5sum "$FS"/out/* > "$ERR.before"
-        head -c 500k /dev/zero > "$FS/filler"                       # room for part of a second copy, not all of it
-        python example_arc/prepare_arc_data.py --source example_arc/sample --output_dir "$FS/out" 2> "$ERR" > /dev/null
-        echo "exit $?"; cat "$ERR"; md5sum --quiet -c "$ERR.before" && echo SAME; ls -A "$FS/out"
-    """)
-    lines = done.stdout.splitlines()
-    assert lines[0] == "exit 2", done.stdout + done.stderr
-    assert lines[1].startswith("error: ") and lines[1].endswith(": no space left on device while writing; nothing was changed")
-    assert lines[2:] == ["SAME", "arc_easy_test.jsonl", "arc_easy_train.jsonl", "arc_easy_validation.jsonl"]
-
-
-def test_evaluation_on_a_full_disk_leaves_no_partial_set(tiny_model, sample_step1):
-    """eval_arc.py whose output folder fills up: one line, and no results.json, predictions or plot at all."""
-    data = sample_step1 / "arc_easy_test.jsonl"
-    done = in_small_tmpfs("64k", f"""
-        head -c 40k /dev/zero > "$FS/filler"
-        python example_arc/eval_arc.py --model_path {tiny_model} --data_path {data} --device cpu --output_dir "$FS/eval" \
-            2> "$ERR" > /dev/null
-        echo "exit $?"; grep "^error" "$ERR"; ls -A "$FS/eval"
-    """)
-    lines = done.stdout.splitlines()
-    assert lines[0] == "exit 2", done.stdout + done.stderr
-    assert lines[1].endswith(": no space left on device while writing; nothing was changed")
-    assert lines[2:] == []
-
-
-def test_training_on_a_full_disk_stops_with_one_line_and_keeps_the_complete_checkpoint(tiny_model, sample_tokens):
-    """Room for one checkpoint of the tiny model (~31 MB: bfloat16 weights and the tokenizer) but not two: the run
-    stops at the second save with one line; checkpoint-3 stays complete and the record says failed."""
-    args = " ".join(overrides(tiny_model, sample_tokens, Path("$FS/run"), "training_args.save_only_model=true"))
-    done = in_small_tmpfs("45m", f"""
-        python cli/train_sft.py {args} > /dev/null 2> "$ERR"
-        echo "exit $?"; grep "^error" "$ERR"
-        python -c "from slamkit.run_folder import checkpoint_is_complete as c; from pathlib import Path; print(c(Path('$FS/run/checkpoint-3')))"
-        grep "^status" "$FS/run/slamkit_run.yaml"
-    """)
-    lines = done.stdout.splitlines()
-    assert lines[0] == "exit 2", done.stdout + done.stderr
-    assert lines[1].startswith("error: ") and "no space left on device while saving; the run stopped" in lines[1]
-    assert lines[2:] == ["True", "status: failed"]
-
-
-def test_training_into_a_read_only_filesystem_is_one_line(tiny_model, sample_tokens):
-    """An output_dir on a read-only filesystem is refused at once, in one line."""
-    args = " ".join(overrides(tiny_model, sample_tokens, Path("$FS/run")))
-    done = in_small_tmpfs("1m", f"""
-        python cli/train_sft.py {args} > /dev/null 2> "$ERR"; echo "exit $?"; grep "^error" "$ERR"
-    """, options=",ro")
-    lines = done.stdout.splitlines()
-    assert lines[0] == "exit 2", done.stdout + done.stderr
-    assert lines[1].endswith("/run: cannot use as training_args.output_dir (Read-only file system)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import OFFLINE_ENV, REPO, load_script, run_cli
+from helpers import OFFLINE_ENV, REPO, load_script, run_cli, run_script
 from hydra import compose, initialize_config_dir
 
 from slamkit.evaluation import wilson_interval
@@ -106,11 +106,8 @@ def test_submitit_local_sweep_runs_each_job_as_its_own_process(tiny_model, sampl
     own model and record, and the same summary."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "cli/train_sft.py"), "-m", "hydra/launcher=submitit_local",
-         "training_args.learning_rate=1e-3,2e-3", *sweep_args(tiny_model, sample_tokens, sweep)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"},
-    )
+    done = run_script("cli/train_sft.py", "-m", "hydra/launcher=submitit_local", "training_args.learning_rate=1e-3,2e-3",
+                      *sweep_args(tiny_model, sample_tokens, sweep), env={"OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in done.stdout + done.stderr
     assert_summary_is_each_jobs_own(sweep, jobs=2)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO, load_script, run_script, sft_config
+from helpers import REPO, load_script, run_cli, sft_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -74,18 +74,18 @@ def test_the_seed_settings_make_141_steps_per_epoch_and_end_at_checkpoint_423(ti
 def test_seed_training_command_writes_checkpoints_that_load_with_auto_classes(tiny_model, sample_tokens, tmp_path):
     """The seed's cli/train_sft.py command (local tiny base model) writes checkpoint-N folders and a final folder
     that AutoModelForCausalLM / AutoTokenizer load, each with the run record; the folder also holds
-    trainer_state.json, training_curves.png and train_sft.log with the logged metrics, readable by the group."""
+    trainer_state.json, training_curves.png and train_sft.log with the logged metrics, readable by the group.
+    In-process, as its __main__ runs it (tests/test_run_integrity.py and the GPU check's test run it as a process)."""
     out = tmp_path / "arc_model"
-    done = run_script(
-        "cli/train_sft.py",
+    code, stdout, stderr = run_cli(
         f"data.train_path={sample_tokens['train']}", f"data.val_path={sample_tokens['validation']}",
         f"training_args.output_dir={out}", "training_args.num_train_epochs=2",
         "training_args.per_device_train_batch_size=4", "training_args.gradient_accumulation_steps=4",
         "training_args.learning_rate=2e-5", "training_args.save_strategy=epoch", "training_args.eval_strategy=epoch",
         "training_args.logging_steps=1", f"model.base_model_name={tiny_model}",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    printed = done.stdout + done.stderr
+    printed = stdout + stderr
+    assert code == 0, printed[-3000:]
     from slamkit.model import cpu_description, cpu_native_bf16
 
     expected = f"training on CPU ({cpu_description()}) in bf16 autocast" if cpu_native_bf16() else "training on CPU in float32"
