@@ -450,11 +450,16 @@ class RunFolder:
         write_record(self.path, {**record, "status": "complete", "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         if self._replace:
             self._replace = []
-            os.replace(self.path / REPLACED, self.path / DISCARD)  # one rename: this run is the folder's now
-            try:
-                shutil.rmtree(self.path / DISCARD)
-            except OSError as err:  # the run is complete: the next run into the folder deletes what is left
-                log.warning("%s: could not delete the replaced run (%s)", self.path / DISCARD, err.strerror)
+            self._discard_replaced()
+
+    def _discard_replaced(self) -> None:
+        """The replacing run finished: one rename makes the folder its own, then the replaced run is deleted (what
+        is left of it, if this is cut short, the next run into the folder deletes)."""
+        os.replace(self.path / REPLACED, self.path / DISCARD)
+        try:
+            shutil.rmtree(self.path / DISCARD)
+        except OSError as err:
+            log.warning("%s: could not delete the replaced run (%s)", self.path / DISCARD, err.strerror)
 
     def _restore_replaced(self) -> None:
         """This run (overwrite=true) failed or was interrupted after it started: what it wrote goes, the run it
@@ -472,7 +477,7 @@ class RunFolder:
             for path in sorted(written, key=lambda p: p.name != RUN_RECORD):
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             (aside / ALL_MOVED).unlink()  # from here on, the run files in the folder are the replaced run's
-        back = [p for p in aside.iterdir()]
+        back = list(aside.iterdir())
         clash = [p for p in back if (self.path / p.name).exists() or (self.path / p.name).is_symlink()]
         if clash:
             raise SlamkitError(
@@ -494,8 +499,7 @@ class RunFolder:
             return
         record = read_record(self.path) if (aside / ALL_MOVED).exists() else None
         if record is not None and record.get("status") == "complete":
-            os.replace(aside, self.path / DISCARD)
-            shutil.rmtree(self.path / DISCARD)
+            self._discard_replaced()
             log.warning("overwrite=true: the run that replaced the one in %s finished, but was killed before it "
                         "deleted the old run; deleted it now", self.path)
             return

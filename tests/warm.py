@@ -155,6 +155,7 @@ class Server:
         self.pids: list[int] = []
         self.exits: dict[int, int] = {}
         self.ready = False
+        self.count = 0  # children started: their output files are named by it
         threading.Thread(target=self._listen, daemon=True).start()
         with self.changed:
             if not self.changed.wait_for(lambda: self.ready or self.process.poll() is not None, timeout=300) or not self.ready:
@@ -179,7 +180,7 @@ class Server:
 
     def start(self, argv: list[str], cwd: Path, env: dict[str, str]) -> WarmProcess:
         with self.lock:
-            self.count = getattr(self, "count", 0) + 1
+            self.count += 1
             stdout, stderr = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
             stdout.touch()
             stderr.touch()
