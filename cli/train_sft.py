@@ -19,6 +19,11 @@ import re
 import sys
 from pathlib import Path
 
+from slamkit.errors import Interrupted, SlamkitError, one_line, one_line_on_ctrl_c, print_error, run_main
+
+if __name__ == "__main__":
+    one_line_on_ctrl_c()  # Ctrl-C while the imports below load torch and transformers (seconds): one line
+
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -28,7 +33,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from slamkit.config import SFTConfig, unknown_key_message
-from slamkit.errors import Interrupted, SlamkitError, one_line, print_error, run_main
 from slamkit.run_folder import read_record, write_record
 from slamkit.sweep import stopped_early
 from slamkit.training import train

@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from slamkit.errors import one_line_on_ctrl_c, run_main
+
+if __name__ == "__main__":
+    one_line_on_ctrl_c()  # Ctrl-C while the imports below load torch and transformers (seconds): one line
+
 from slamkit.arc import read_conversations
 from slamkit.chatml import prompt_format
-from slamkit.errors import run_main
 from slamkit.evaluation import (
     add_eval_arguments,
     check_eval_arguments,
@@ -51,7 +55,7 @@ def trained_format(folder: Path, requested: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_eval_arguments(args)
-    check_output_dir(args.output_dir, args.overwrite)
+    check_output_dir(args.output_dir, args.overwrite, inputs=[args.data_path])
     records = first_problems(read_conversations(args.data_path, require_choices=True), args.max_problems)
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)

@@ -14,10 +14,14 @@ import argparse
 import time
 from pathlib import Path
 
+from slamkit.errors import SlamkitError, one_line_on_ctrl_c, run_main
+
+if __name__ == "__main__":
+    one_line_on_ctrl_c()  # Ctrl-C while the imports below load torch and transformers (seconds): one line
+
 from slamkit.arc import read_conversations
 from slamkit.chatml import prompt_format
 from slamkit.cloze import score_cloze
-from slamkit.errors import SlamkitError, run_main
 from slamkit.evaluation import (
     add_eval_arguments,
     check_eval_arguments,
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     check_eval_arguments(args)
     if args.scoring == "cloze" and args.prompt_format is not None:
         raise SlamkitError("--prompt_format applies to categorical scoring; cloze uses the harness's own prompt")
-    check_output_dir(args.output_dir, args.overwrite)
+    check_output_dir(args.output_dir, args.overwrite, inputs=[args.data_path])
     records = first_problems(read_conversations(args.data_path, require_choices=True), args.max_problems)
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)

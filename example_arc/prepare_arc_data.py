@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         source = Path(args.source)
         files = {split: local_split_file(source, split, args.subset) for split in SPLITS}
         for output in outputs_written.values():
-            refuse_input_as_output(output, files.values(), "--output_dir's")
+            refuse_input_as_output(output, files.values(), "--output_dir")
         sources = {split: local_records(path) for split, path in files.items()}
         origin = str(source)
     splits = {split: convert(records) for split, records in sources.items()}  # check everything first

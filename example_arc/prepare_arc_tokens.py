@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import argparse
 
+from slamkit.errors import SlamkitError, one_line_on_ctrl_c, run_main
+
+if __name__ == "__main__":
+    one_line_on_ctrl_c()  # Ctrl-C while the imports below load torch and transformers (seconds): one line
+
 from tqdm import tqdm
 
 from slamkit.arc import read_conversations
@@ -27,7 +32,6 @@ from slamkit.chatml import (
     letter_token_ids,
     prompt_format,
 )
-from slamkit.errors import SlamkitError, run_main
 from slamkit.jsonl import refuse_input_as_output, write_jsonl
 from slamkit.model import load_tokenizer
 

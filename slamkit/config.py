@@ -81,6 +81,10 @@ TRAINING_ARGUMENT_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval_steps": (lambda v: v is None or v > 0, "null or above 0"),
     "save_total_limit": (lambda v: v is None or v >= 1, "null (keep all) or at least 1"),
     "dataloader_num_workers": (lambda v: v >= 0, "at least 0"),
+    # numpy's generator, which transformers' set_seed seeds too, takes 0 .. 2**32-1 only
+    "seed": (lambda v: 0 <= v < 2**32, f"between 0 and {2**32 - 1:,}"),
+    "data_seed": (lambda v: v is None or 0 <= v < 2**32, f"null (= seed) or between 0 and {2**32 - 1:,}"),
+    "neftune_noise_alpha": (lambda v: v is None or (math.isfinite(v) and v > 0), "null (off) or a number above 0"),
 }
 
 

@@ -43,12 +43,19 @@ def expand_paths(paths: str | Sequence[str]) -> list[Path]:
     if not patterns:
         raise SlamkitError("no data files given")
     files: list[Path] = []
+    seen: dict[Path, Path] = {}  # resolved -> as given: the same file twice would train on its rows twice
     for pattern in patterns:
         literal = Path(pattern).exists() or not glob.has_magic(str(pattern))  # "data[1].jsonl" that exists is that file
         matches = [str(pattern)] if literal else sorted(glob.glob(str(pattern)))
         if not matches:
             raise SlamkitError(f"{pattern}: no file matches")
-        files.extend(Path(m) for m in matches)
+        for match in map(Path, matches):
+            if match.is_dir():
+                raise SlamkitError(f"{match}: a folder, not a file; give its files (e.g. {match / '*.jsonl'})")
+            if match.resolve() in seen:
+                raise SlamkitError(f"{match}: given twice (also as {seen[match.resolve()]}); list each data file once")
+            seen[match.resolve()] = match
+            files.append(match)
     return files
 
 

@@ -30,6 +30,8 @@ def run_main(main: Callable[[], int | None]) -> None:
     """
     import signal
 
+    if signal.getsignal(signal.SIGINT) is _stop_while_starting:  # started: Ctrl-C is a KeyboardInterrupt again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = main()
     except SlamkitError as err:
@@ -39,6 +41,26 @@ def run_main(main: Callable[[], int | None]) -> None:
         print_error(SlamkitError("interrupted (SIGINT); nothing was written"))
         sys.exit(128 + signal.SIGINT)
     sys.exit(code or 0)
+
+
+def one_line_on_ctrl_c() -> None:
+    """Ctrl-C before :func:`run_main` is reached, while a script still imports torch and transformers (seconds):
+    one line and exit status 130, instead of a traceback through the import machinery (or, when the interrupt lands
+    inside torch's C++ start-up, an abort). Nothing has been written yet, so the process ends at once.
+    ``run_main`` puts Python's own handler back. Scripts call this first, when run as ``__main__``; a process that
+    was started with SIGINT ignored (a background job) keeps ignoring it."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _stop_while_starting)
+
+
+def _stop_while_starting(number, frame) -> None:
+    import os
+
+    sys.stderr.write("error: interrupted (SIGINT) while starting; nothing was written\n")
+    sys.stderr.flush()
+    os._exit(128 + number)
 
 
 def one_line(err: BaseException) -> str:

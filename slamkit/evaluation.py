@@ -23,7 +23,7 @@ from tqdm import tqdm
 from slamkit.chatml import PROMPT_FORMATS, SEED_FORMAT, PromptFormat, encode_prompts, letter_token_ids
 from slamkit.data import right_pad
 from slamkit.errors import SlamkitError
-from slamkit.jsonl import output_set, write_json_document, write_jsonl_lines
+from slamkit.jsonl import output_set, refuse_input_as_output, write_json_document, write_jsonl_lines
 
 log = logging.getLogger(__name__)
 
@@ -291,14 +291,16 @@ def add_eval_arguments(parser) -> None:
 EVAL_FILES = ("results.json", "predictions.jsonl", "confusion_matrix.png")
 
 
-def check_output_dir(output_dir: str | None, overwrite: bool) -> None:
+def check_output_dir(output_dir: str | None, overwrite: bool, inputs: Sequence[str | Path] = ()) -> None:
     """An evaluation folder holds one evaluation: one already there is refused (before the model is loaded)
-    unless ``overwrite``."""
+    unless ``overwrite``; an output that is one of the ``inputs`` (the questions file) is refused always."""
     if output_dir is None:
         return
     folder = Path(output_dir)
     if folder.exists() and not folder.is_dir():
         raise SlamkitError(f"{folder}: --output_dir is a file, not a folder")
+    for name in EVAL_FILES:
+        refuse_input_as_output(folder / name, inputs, "--output_dir")
     found = [name for name in EVAL_FILES if (folder / name).exists()]
     if found and not overwrite:
         raise SlamkitError(

@@ -83,7 +83,7 @@ def refuse_input_as_output(output: str | Path, inputs: Iterable[str | Path], fla
         source = Path(source)
         same = output.exists() and source.exists() and os.path.samefile(output, source)
         if same or output.resolve() == source.resolve():
-            raise SlamkitError(f"{output}: {flag} is the input file {source} itself; write the output elsewhere")
+            raise SlamkitError(f"{output}: {flag} would write over the input file {source}; write the output elsewhere")
 
 
 def readable_mode(directory: bool) -> int:

@@ -234,6 +234,11 @@ QWEN3_SHAPES = {
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
         intermediate_size=128, max_position_embeddings=1024,
     ),
+    # the stand-in model that slamkit.training.rehearse_trainer checks the Trainer's settings with
+    "micro": dict(
+        vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+        intermediate_size=32, max_position_embeddings=64,
+    ),
 }
 
 

@@ -54,6 +54,7 @@ RUN_FILES = re.compile(
     r"merges\.txt|chat_template\.jinja|training_args\.bin|trainer_state\.json|all_results\.json|train_results\.json|"
     r"eval_results\.json|slamkit_run\.yaml|train_sft\.log|training_curves\.png|runs|wandb|README\.md"
 )
+MODEL_CARD_TAG = "generated_from_trainer"  # in the README.md the Trainer writes (push_to_hub): the model card
 LOG_FILE = "train_sft.log"
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
@@ -111,6 +112,19 @@ def _weights_present(folder: Path) -> bool:
             return False
         return all((folder / shard).is_file() for shard in shards)
     return any((folder / name).is_file() for name in WEIGHTS)
+
+
+def is_run_file(path: Path) -> bool:
+    """True for what a run writes into its folder (:data:`RUN_FILES`). A ``README.md`` counts only when it is the
+    Trainer's model card (tagged ``generated_from_trainer``): notes of the user's own in that name are theirs."""
+    if not RUN_FILES.fullmatch(path.name):
+        return False
+    if path.name != "README.md":
+        return True
+    try:
+        return path.is_file() and MODEL_CARD_TAG in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
 
 
 def checkpoint_step(folder: Path) -> int | None:
@@ -188,19 +202,19 @@ def check_run_finished(folder: Path) -> None:
         )
 
 
-def make_readable(root: Path, names: re.Pattern | None = None) -> None:
+def make_readable(root: Path, run_files: bool = False) -> None:
     """Give what a run wrote the permissions the umask allows (transformers 5.24 writes model.safetensors as 0600
     whatever the umask, so teammates could not read the weights).
 
-    Without ``names``, ``root`` and everything under it (a folder slamkit made: a checkpoint, a staged model). With
-    ``names``, only the entries of ``root`` whose names match, and what is under them: a run folder may also hold the
-    user's own files, whose permissions are theirs to choose."""
-    if names is None:
+    Without ``run_files``, ``root`` and everything under it (a folder slamkit made: a checkpoint, a staged model).
+    With ``run_files``, only the entries of ``root`` that a run writes (:func:`is_run_file`), and what is under them:
+    a run folder may also hold the user's own files, whose permissions are theirs to choose."""
+    if not run_files:
         paths = [root, *root.rglob("*")] if root.is_dir() else [root]
     else:
         paths = []
         for entry in root.iterdir():
-            if names.fullmatch(entry.name) and not entry.is_symlink():
+            if is_run_file(entry) and not entry.is_symlink():
                 paths += [entry, *entry.rglob("*")] if entry.is_dir() else [entry]
     for path in paths:
         if path.is_symlink():
@@ -367,7 +381,7 @@ class RunFolder:
                 "cont_training=true, write to another training_args.output_dir, or replace it with overwrite=true"
             )
         if overwrite:
-            foreign = [p for p in entries if not RUN_FILES.fullmatch(p.name)]
+            foreign = [p for p in entries if not is_run_file(p)]
             if foreign:
                 raise SlamkitError(
                     f"{self.path}: overwrite=true, but the folder also holds what no run writes ({_describe(foreign)}); "
@@ -446,7 +460,7 @@ class RunFolder:
     def finish(self, record: dict[str, Any]) -> None:
         """The final weights and trainer_state.json are written: the record says so, last; then the run this one
         replaced (overwrite=true) is deleted."""
-        make_readable(self.path, names=RUN_FILES)
+        make_readable(self.path, run_files=True)
         write_record(self.path, {**record, "status": "complete", "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         if self._replace:
             self._replace = []
@@ -473,7 +487,7 @@ class RunFolder:
         never taken for a finished run), then move the replaced run back; files that are not a run's stay."""
         aside = self.path / REPLACED
         if (aside / ALL_MOVED).exists():
-            written = [p for p in self.path.iterdir() if RUN_FILES.fullmatch(p.name)]
+            written = [p for p in self.path.iterdir() if is_run_file(p)]
             for path in sorted(written, key=lambda p: p.name != RUN_RECORD):
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             (aside / ALL_MOVED).unlink()  # from here on, the run files in the folder are the replaced run's

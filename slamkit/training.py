@@ -72,9 +72,26 @@ class NonFiniteError(SlamkitError):
 
 
 def _integration_available(name: str) -> bool:
-    from transformers import integrations
+    from transformers.integrations import get_available_reporting_integrations
 
-    return {"tensorboard": integrations.is_tensorboard_available, "wandb": integrations.is_wandb_available}[name]()
+    return name in get_available_reporting_integrations()
+
+
+def check_reporters(report_to: Any) -> None:
+    """Each name of ``training_args.report_to`` is a reporter transformers knows, whose package is installed: one
+    line now, instead of a traceback when the Trainer is built after the weights are loaded."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in [report_to] if isinstance(report_to, str) else report_to or []:
+        if name in ("none", "all"):  # all: those installed
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise SlamkitError(
+                f"training_args.report_to={name!r}: not one of {', '.join(INTEGRATION_TO_CALLBACK)} (or none, all)"
+            )
+        if not _integration_available(name):
+            key = f"logger={name} (training_args.report_to)" if name in LOGGER_CONFIGS else f"training_args.report_to={name}"
+            raise SlamkitError(f"{key} needs the {name} package: pip install {name}")
 
 
 def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation: bool) -> TrainingArguments:
@@ -104,10 +121,7 @@ def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation
         else:
             precision = "bf16 autocast" if settings.bf16 else "float32"
             log.info("precision: no CUDA device, training on CPU (%s) in %s", cpu_description(), precision)
-    reporters = settings.report_to or []
-    for name in ("tensorboard", "wandb"):
-        if name in ([reporters] if isinstance(reporters, str) else reporters) and not _integration_available(name):
-            raise SlamkitError(f"logger={name} (training_args.report_to) needs the {name} package: pip install {name}")
+    check_reporters(settings.report_to)
     if settings.run_name is None:
         changes["run_name"] = Path(settings.output_dir).name  # loggers name the run after its folder
     # The datasets yield exactly what SFTCollator needs; the Trainer would otherwise drop the rows' choice_ids
@@ -119,13 +133,20 @@ def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation
         log.info("speed.single_micro_batch: not applied with training_args.dataloader_drop_last=true")
     elif speed.single_micro_batch and accumulation > 1:
         changes["per_device_train_batch_size"], changes["gradient_accumulation_steps"] = per_device * accumulation, 1
+    if settings.deepspeed:
+        from transformers.integrations.deepspeed import is_deepspeed_available
+
+        if not is_deepspeed_available():  # TrainingArguments would fail on the import, in a traceback
+            raise SlamkitError("training_args.deepspeed: needs the deepspeed package: pip install deepspeed")
     try:
         args = TrainingArguments(**dataclasses.asdict(dataclasses.replace(settings, **changes)))
-    except (ValueError, TypeError) as err:
-        raise SlamkitError(f"training_args: {str(err).strip().splitlines()[0]}") from None
+    except (ValueError, TypeError, ImportError) as err:
+        raise SlamkitError(f"training_args: {_first_line(err)}") from None
     check_trainer_settings(args)
     return args
 
+
+LOGGER_CONFIGS = ("tensorboard", "wandb")  # the reporters config/logger/ has a file for: logger=NAME
 
 # Metrics a validation logs (SFTTrainer: the loss, and answer_accuracy's): what metric_for_best_model may name.
 VALIDATION_METRICS = ("loss", "accuracy", "correct", "questions")
@@ -133,29 +154,17 @@ VALIDATION_METRICS = ("loss", "accuracy", "correct", "questions")
 
 def check_trainer_settings(args: TrainingArguments) -> None:
     """What the Trainer itself would only find out once the weights are loaded and the run folder claimed (some of
-    it only after an epoch): each a one-line error here, before anything is read."""
+    it only after an epoch): each a one-line error here, before anything is read.
+
+    The settings slamkit cannot serve are named first; then :func:`rehearse_trainer` lets transformers check the
+    rest with its own code."""
     import os
 
-    from transformers import get_scheduler
     from transformers.utils import import_utils
 
     def refuse(key: str, what: str) -> None:
         raise SlamkitError(f"training_args.{key}: {what}")
 
-    def name(value) -> str:
-        return str(getattr(value, "value", value))  # the strategies and optimizers are str enums
-
-    try:  # the optimizer class and its package (e.g. adamw_bnb_8bit needs bitsandbytes)
-        Trainer.get_optimizer_cls_and_kwargs(args)
-    except (ImportError, ValueError) as err:
-        refuse(f"optim={name(args.optim)}", str(err).strip().splitlines()[0])
-    try:  # the scheduler with its keyword arguments, on a throw-away optimizer
-        probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        get_scheduler(args.lr_scheduler_type, probe, num_warmup_steps=1, num_training_steps=10,
-                      scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
-    except (TypeError, ValueError) as err:
-        refuse("lr_scheduler_kwargs",
-               f"{args.lr_scheduler_kwargs} do not fit lr_scheduler_type={name(args.lr_scheduler_type)} ({err})")
     if args.batch_eval_metrics:
         refuse("batch_eval_metrics=true", "slamkit's validation accuracy is computed over the whole set; set it to false")
     if not args.eval_do_concat_batches:
@@ -163,16 +172,91 @@ def check_trainer_settings(args: TrainingArguments) -> None:
     if args.metric_for_best_model is not None and args.metric_for_best_model.removeprefix("eval_") not in VALIDATION_METRICS:
         names = ", ".join(f"eval_{name}" for name in VALIDATION_METRICS)
         refuse(f"metric_for_best_model={args.metric_for_best_model}", f"a validation logs only {names}")
-    if name(args.save_strategy) == "best" and args.metric_for_best_model is None:
+    if _name(args.save_strategy) == "best" and args.metric_for_best_model is None:
         refuse("save_strategy=best", "needs training_args.metric_for_best_model (e.g. eval_accuracy)")
     if args.use_liger_kernel and not import_utils.is_liger_kernel_available():
         refuse("use_liger_kernel=true", "needs the liger-kernel package: pip install liger-kernel")
-    if args.deepspeed and not import_utils.is_deepspeed_available():
-        refuse("deepspeed", "needs the deepspeed package: pip install deepspeed")
     if args.push_to_hub and os.environ.get("HF_HUB_OFFLINE"):
         refuse("push_to_hub=true", "HF_HUB_OFFLINE is set: nothing can be pushed; set push_to_hub=false")
     if args.fsdp and args.world_size == 1:
         refuse("fsdp", "needs several processes (torchrun --nproc_per_node=N or accelerate launch --multi_gpu)")
+    rehearse_trainer(args)
+
+
+def _name(value: Any) -> str:
+    return str(getattr(value, "value", value))  # the strategies and optimizers are str enums
+
+
+def rehearse_trainer(args: TrainingArguments) -> None:
+    """Let transformers check ``args`` with its own code, on a one-layer stand-in model, before the run folder is
+    claimed or a weight is read: a ``Trainer`` is built (accelerator, plugins, its own argument checks) and makes
+    its optimizer and learning-rate scheduler; gradient checkpointing runs one step with its keyword arguments, and
+    ``torch_compile`` has its backend and mode checked by ``torch.compile``. Without this, each of these fails with a
+    traceback after the weights are loaded (some after the run started). Nothing is written (the stand-in's output
+    folder is the temporary folder, which exists); like any Trainer, it seeds the random generators with args.seed."""
+    import copy
+    import tempfile
+    import warnings
+
+    from transformers import get_scheduler
+
+    from slamkit.model import qwen3_config, random_model
+
+    # Every failure below comes from a setting: the stand-in model and the temporary folder are valid by construction,
+    # and what transformers raises for a setting is any kind of exception (ValueError, TypeError, ImportError, ...).
+    if args.torch_compile:  # torch.compile checks its backend and mode when called (compiling waits for a call)
+        try:
+            torch.compile(lambda x: x, backend=args.torch_compile_backend, mode=args.torch_compile_mode)
+        except Exception as err:  # any kind: see above
+            raise SlamkitError(
+                f"training_args.torch_compile_backend={args.torch_compile_backend!r}, "
+                f"torch_compile_mode={args.torch_compile_mode!r}: {_first_line(err)}"
+            ) from None
+    probe = copy.deepcopy(args)
+    # nothing written, nothing pushed, nothing reported (check_reporters has checked the reporters)
+    probe.output_dir, probe.push_to_hub, probe.report_to = tempfile.gettempdir(), False, []
+    model = random_model(qwen3_config("micro"))
+    try:
+        trainer = Trainer(model=model, args=probe, eval_dataset=[] if _name(args.eval_strategy) != "no" else None)
+    except Exception as err:  # any kind: see above
+        raise SlamkitError(f"training_args: {_first_line(err)}") from None
+    try:
+        optimizer = trainer.create_optimizer()
+    except Exception as err:  # any kind: see above
+        key = f"optim={_name(args.optim)}" + (f" with optim_args={args.optim_args!r}" if args.optim_args else "")
+        raise SlamkitError(f"training_args.{key}: {_first_line(err)}") from None
+    try:  # the scheduler with its keyword arguments
+        get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=1, num_training_steps=10,
+                      scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+    except Exception as err:  # any kind: see above
+        raise SlamkitError(
+            f"training_args.lr_scheduler_kwargs: {args.lr_scheduler_kwargs} do not fit "
+            f"lr_scheduler_type={_name(args.lr_scheduler_type)} ({_first_line(err)})"
+        ) from None
+    if args.gradient_checkpointing:  # the old name mirrors activation_checkpointing where transformers has both
+        kwargs = dict(args.gradient_checkpointing_kwargs or {})
+        try:  # enabled as Trainer.train enables it, then one forward and backward pass through a checkpoint
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x: two keys are its own
+                every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+                model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload
+                )
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)
+            model.train()
+            ids = torch.tensor([[1, 2]], device=model.device)
+            with warnings.catch_warnings():  # torch's own warnings about these settings come when the run trains
+                warnings.simplefilter("ignore")
+                model(input_ids=ids, labels=ids).loss.backward()
+        except Exception as err:  # any kind: see above
+            key = "activation" if hasattr(args, "activation_checkpointing_kwargs") else "gradient"
+            raise SlamkitError(
+                f"training_args.{key}_checkpointing_kwargs={args.gradient_checkpointing_kwargs}: {_first_line(err)}"
+            ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 @dataclass(frozen=True)
@@ -613,6 +697,12 @@ def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
                 for path in expand_paths(paths) if paths else []:
                     if not path.is_file():
                         raise SlamkitError(f"{path}: no such file")
+            if data.val_path is not None:
+                trained = {path.resolve() for path in expand_paths(data.train_path)}
+                for path in expand_paths(data.val_path):
+                    if path.resolve() in trained:
+                        log.warning("warning: data.val_path %s is also a training file: its validation figures "
+                                    "measure data the model trains on", path)
             tokenizer = load_tokenizer(config.model.tokenizer_name, config.model.trust_remote_code)
             model_config = load_model_config(config.model.base_model_name, config.model.trust_remote_code)
             context = getattr(model_config, "max_position_embeddings", None)

@@ -14,6 +14,7 @@ ACTION: kill         SIGKILL this process
 from __future__ import annotations
 
 import os
+import runpy
 import signal
 import sys
 import time
@@ -24,7 +25,6 @@ import transformers.trainer
 from transformers import TrainerCallback
 
 from slamkit import run_folder, training
-from slamkit.errors import run_main
 
 
 def act(action: str) -> None:
@@ -83,6 +83,6 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
     point, action, *overrides = sys.argv[1:]
     install(point, action)
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = ["cli/train_sft.py", *overrides]
-    run_main(helpers.load_script("cli/train_sft.py").cli)
+    script = str(helpers.REPO / "cli" / "train_sft.py")
+    sys.argv = [script, *overrides]
+    runpy.run_path(script, run_name="__main__")  # as `python cli/train_sft.py ...` runs it, signal handling included

@@ -1,7 +1,9 @@
 """Run integrity, round 2 (the hostile tester's cases of issue 19 that are fixed): outputs that are their own
-input, a lock file that is a symlink, evaluation input checked as strictly as step 1's, ChatML markers that are
-not special tokens, data paths that look like globs, and a batch plan that matches dataloader_drop_last. Each case
-is one ``error:`` line and exit code 2 (or, for the plan, the Trainer's own count), and nothing is changed."""
+input (steps 1, 2 and 4), a lock file that is a symlink, evaluation input checked as strictly as step 1's, ChatML
+markers that are not special tokens, data paths that look like globs, name a folder or a file twice, a batch plan
+that matches dataloader_drop_last, and settings the Trainer would only reject once the weights are loaded (or that
+need a missing package). Each case is one ``error:`` line and exit code 2 (or, for the plan, the Trainer's own
+count), and nothing is changed."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_bad_input import GOOD, assert_empty, conversations, fails
+from transformers import TrainingArguments
 
 from helpers import SAMPLE, SAMPLE_TOKENIZER, run_cli
 from slamkit.chatml import IGNORE_INDEX
@@ -24,7 +27,7 @@ def test_step2_refuses_to_write_over_its_own_input(step2, sample_step1, tmp_path
     for out in (data, tmp_path / "." / "train.jsonl"):
         argv = ["--data_path", str(data), "--out_path", str(out), "--tokenizer", str(SAMPLE_TOKENIZER)]
         line = fails(capsys, lambda: step2.main(argv))
-        assert line == f"error: {out}: --out_path is the input file {data} itself; write the output elsewhere"
+        assert line == f"error: {out}: --out_path would write over the input file {data}; write the output elsewhere"
     assert data.read_bytes() == before
 
 
@@ -37,7 +40,7 @@ def test_step1_refuses_an_output_dir_whose_outputs_are_its_sources(step1, tmp_pa
         shutil.copy(SAMPLE / f"ARC-Easy-{split}.jsonl", folder / f"arc_easy_{split}.jsonl")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     line = fails(capsys, lambda: step1.main(["--source", str(folder), "--output_dir", str(folder)]))
-    assert line.startswith(f"error: {folder / 'arc_easy_train.jsonl'}: --output_dir's is the input file ")
+    assert line.startswith(f"error: {folder / 'arc_easy_train.jsonl'}: --output_dir would write over the input file ")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
@@ -174,6 +177,11 @@ def test_the_best_job_of_a_sweep_is_a_completed_one_and_ties_are_named():
     assert best_jobs(jobs[:1]) == []
 
 
+# transformers 5.2x renamed gradient_checkpointing* to activation_checkpointing* (the old names are aliases)
+CHECKPOINTING_KWARGS = next(name for name in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs")
+                            if name in TrainingArguments.__dataclass_fields__)
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["training_args.optim=adamw_bnb_8bit"], "training_args.optim=adamw_bnb_8bit: You need to install `bitsandbytes`"),
     (["training_args.lr_scheduler_kwargs={bogus: 1}"], "training_args.lr_scheduler_kwargs: {'bogus': 1} do not fit "
@@ -185,18 +193,60 @@ def test_the_best_job_of_a_sweep_is_a_completed_one_and_ties_are_named():
     (["training_args.save_strategy=best"], "training_args.save_strategy=best: needs training_args.metric_for_best_model"),
     (["training_args.fsdp=full_shard"], "training_args.fsdp: needs several processes"),
     (["model.attn_implementation=fast"], "model.attn_implementation='fast': not one of sdpa, eager, flash_attention_2"),
+    (["model.attn_implementation=fast", "model.twist_init=false"], "model.attn_implementation='fast': not one of"),
+    (["training_args.seed=-1"], "training_args.seed=-1: must be between 0 and 4,294,967,295"),
+    (["training_args.data_seed=4294967296"], "training_args.data_seed=4294967296: must be null (= seed) or between 0"),
+    (["training_args.neftune_noise_alpha=-1"], "training_args.neftune_noise_alpha=-1.0: must be null (off) or a number"),
+    (["training_args.optim=sgd", "training_args.optim_args='momentum=abc'"],
+     "training_args.optim=sgd with optim_args='momentum=abc': could not convert string to float: 'abc'"),
+    ([f"training_args.{CHECKPOINTING_KWARGS.removesuffix('_kwargs')}=true",
+      f"training_args.{CHECKPOINTING_KWARGS}={{bogus: 1}}"],
+     f"training_args.{CHECKPOINTING_KWARGS}={{'bogus': 1}}: Unexpected keyword arguments: bogus"),
+    (["training_args.torch_compile=true", "training_args.torch_compile_mode=bogus"],
+     "training_args.torch_compile_backend='inductor', torch_compile_mode='bogus': Unrecognized mode=bogus"),
+    (["training_args.torch_compile=true", "training_args.torch_compile_backend=nonexist"],
+     "training_args.torch_compile_backend='nonexist', torch_compile_mode=None: Invalid backend: 'nonexist'"),
+    (["training_args.report_to=bogus"], "training_args.report_to='bogus': not one of azure_ml, comet_ml, "),
+    (["training_args.lr_scheduler_type=cosine_with_min_lr"], "training_args.lr_scheduler_kwargs: None do not fit "
+     "lr_scheduler_type=cosine_with_min_lr (One of min_lr or min_lr_rate should be set"),
 ])
 def test_settings_the_trainer_would_trip_on_later_are_refused_before_the_folder_is_claimed(
     tiny_model, sample_tokens, tmp_path, overrides, message
 ):
-    """Each setting that the Trainer would only reject after the weights are loaded (some after an epoch) is one
-    line before anything is read or created."""
+    """Each setting that the Trainer would only reject after the weights are loaded (some after an epoch, some after
+    the run started, several in a traceback) is one line before anything is read or created; transformers' own
+    warnings about a setting may precede it, a traceback never."""
     out = tmp_path / "run"
     code, _, err = run_cli(f"model.base_model_name={tiny_model}", f"data.train_path={sample_tokens['train']}",
                            f"data.val_path={sample_tokens['validation']}", f"training_args.output_dir={out}", *overrides)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), err
+    assert code == 2 and lines[-1].startswith(f"error: {message}"), err
+    assert "Traceback" not in err and all(line.startswith("[transformers]") for line in lines[:-1]), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("package", "overrides", "message"), [
+    ("deepspeed", ["training_args.deepspeed=ds_config.json"], "training_args.deepspeed: needs the deepspeed package"),
+    ("liger_kernel", ["training_args.use_liger_kernel=true"], "training_args.use_liger_kernel=true: needs the "
+     "liger-kernel package"),
+    ("flash_attn", ["model.attn_implementation=flash_attention_2"], "model.attn_implementation=flash_attention_2: "
+     "the flash-attn package is not installed"),
+    ("wandb", ["logger=wandb"], "logger=wandb (training_args.report_to) needs the wandb package: pip install wandb"),
+])
+def test_a_setting_whose_package_is_missing_is_one_line_naming_it(tiny_model, sample_tokens, tmp_path, package,
+                                                                  overrides, message):
+    """A setting that needs a package this machine lacks: one line naming the package, before anything is read
+    (deepspeed failed inside TrainingArguments, in a traceback)."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    out = tmp_path / "run"
+    code, _, err = run_cli(f"model.base_model_name={tiny_model}", f"data.train_path={sample_tokens['train']}",
+                           "data.val_path=null", "training_args.eval_strategy=no", f"training_args.output_dir={out}",
+                           *overrides)
+    assert code == 2 and err.splitlines()[-1].startswith(f"error: {message}"), err
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_resume_compares_the_optimizer_settings_and_the_data_by_content_not_by_spelling():
@@ -214,3 +264,52 @@ def test_resume_compares_the_optimizer_settings_and_the_data_by_content_not_by_s
     moved = record("t.jsonl")
     moved["data"]["train"]["sha256"] = "def"
     assert changed_settings(record("t.jsonl"), moved) == ["data.train file contents"]
+
+
+@pytest.mark.parametrize("script", ["example_arc/eval_arc.py", "example_arc/eval_arc_base.py"])
+def test_an_evaluation_never_writes_over_its_questions_file(load_script, tiny_model, scored, tmp_path, script, capsys):
+    """--output_dir holding the questions file under an output's name (predictions.jsonl), even with --overwrite:
+    refused before the model loads, the file unchanged."""
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    questions = folder / "predictions.jsonl"
+    shutil.copy(scored, questions)
+    before = questions.read_bytes()
+    flag = "--model_path" if script.endswith("eval_arc.py") else "--model_name"
+    argv = [flag, str(tiny_model), "--data_path", str(tmp_path / "eval" / ".." / "eval" / "predictions.jsonl"),
+            "--output_dir", str(folder), "--overwrite", "--device", "cpu"]
+    line = fails(capsys, lambda: load_script(script).main(argv))
+    assert line == (f"error: {questions}: --output_dir would write over the input file {argv[3]}; write the output "
+                    "elsewhere")
+    assert questions.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["predictions.jsonl"]
+
+
+def test_data_paths_name_each_file_once_and_never_a_folder(tmp_path):
+    """A folder given as a data file, or one file given twice (another spelling, or a glob that matches it again)
+    would train on nothing or on its rows twice: refused, naming it."""
+    from slamkit.data import expand_paths
+    from slamkit.errors import SlamkitError
+
+    (tmp_path / "rows").mkdir()
+    rows = tmp_path / "rows" / "train.jsonl"
+    rows.write_text("{}\n")
+    with pytest.raises(SlamkitError, match=r"rows: a folder, not a file; give its files \(e\.g\. .*rows/\*\.jsonl\)$"):
+        expand_paths(str(tmp_path / "rows"))
+    for twice in (str(tmp_path / "rows" / ".." / "rows" / "train.jsonl"), str(tmp_path / "rows" / "*.jsonl")):
+        with pytest.raises(SlamkitError, match=r"train\.jsonl: given twice \(also as .*train\.jsonl\); list each data file"):
+            expand_paths([str(rows), twice])
+    assert expand_paths([str(rows)]) == [rows]
+
+
+def test_validation_on_a_training_file_trains_as_asked_and_says_so(tiny_model, sample_tokens, tmp_path):
+    """data.val_path naming a training file trains as asked, with a warning that its validation figures measure
+    training data."""
+    out = tmp_path / "run"
+    code, out_text, err = run_cli(
+        f"model.base_model_name={tiny_model}", f"data.train_path={sample_tokens['train']}",
+        f"data.val_path={sample_tokens['train']}", f"training_args.output_dir={out}", "training_args.max_steps=1",
+        "training_args.eval_strategy=no", "training_args.save_strategy=no", "data.max_val_examples=4",
+    )
+    assert code == 0, err[-2000:]
+    assert (f"warning: data.val_path {sample_tokens['train']} is also a training file: its validation figures measure "
+            "data the model trains on") in out_text + err

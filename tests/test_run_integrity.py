@@ -14,6 +14,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,17 +138,21 @@ def test_overwrite_replaces_the_old_run_only_once_the_new_one_has_started(uninte
 
 
 def test_overwrite_refuses_a_folder_that_also_holds_what_no_run_writes(uninterrupted, tiny_model, sample_tokens, tmp_path):
-    """overwrite=true into a run folder that also holds the user's notes.txt and an eval_test/ folder is refused,
-    naming them; every file stays as it was."""
+    """overwrite=true into a run folder that also holds the user's notes.txt, a README.md of their own, an
+    eval_test/ folder and the very training file the new run reads is refused, naming them; every file stays as it
+    was."""
     out = tmp_path / "run"
     shutil.copytree(uninterrupted[2], out)
     (out / "notes.txt").write_text("mine")
+    (out / "README.md").write_text("# my run\n")
     (out / "eval_test").mkdir()
+    shutil.copy(sample_tokens["train"], out / "train.jsonl")
     before = snapshot(out)
-    line = cli_fails(*overrides(tiny_model, sample_tokens, out, "overwrite=true", epochs=1))
+    args = overrides(tiny_model, {**sample_tokens, "train": out / "train.jsonl"}, out, "overwrite=true", epochs=1)
+    line = cli_fails(*args)
     assert line == (
-        f"error: {out}: overwrite=true, but the folder also holds what no run writes (eval_test/, notes.txt); move "
-        "those elsewhere first (overwrite replaces a run, never other files)"
+        f"error: {out}: overwrite=true, but the folder also holds what no run writes (README.md, eval_test/, notes.txt, "
+        "train.jsonl); move those elsewhere first (overwrite replaces a run, never other files)"
     )
     assert snapshot(out) == before
 
@@ -282,6 +287,37 @@ def test_sigterm_stops_a_run_with_one_line_and_a_record_that_says_interrupted(un
     assert record(out)["status"] == "interrupted"
     cli_ok(*overrides(tiny_model, sample_tokens, out, "cont_training=true"))
     assert_identical(weights(out), weights(uninterrupted[2]))
+
+
+# Run a script as `python SCRIPT` would, pressing Ctrl-C (a real SIGINT to the process) the moment it starts
+# importing torch: the seconds in which a user who spots a typo in the command line stops it.
+CTRL_C_WHILE_IMPORTING = """
+import importlib.abc, os, runpy, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            os.kill(os.getpid(), signal.SIGINT)
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C (a nohup'd suite hands it ignored)
+sys.meta_path.insert(0, CtrlC())
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(sys.argv[0])
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script", ["cli/train_sft.py", "example_arc/prepare_arc_tokens.py",
+                                    "example_arc/eval_arc_base.py", "example_arc/eval_arc.py"])
+def test_ctrl_c_while_a_script_is_still_starting_is_one_line(script, tmp_path):
+    """Ctrl-C while a script imports torch and transformers (before it has read or written anything): exit 130 and
+    one line, not a traceback through the import machinery. (Step 1 imports neither before it starts.)"""
+    from helpers import REPO, script_env
+
+    done = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_IMPORTING, str(REPO / script)], cwd=tmp_path,
+                          env=script_env(), capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (130, "error: interrupted (SIGINT) while starting; nothing was written\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resuming_a_finished_run_that_left_no_checkpoint_is_refused(tiny_model, sample_tokens, tmp_path):
@@ -430,23 +466,26 @@ def test_resume_from_a_damaged_optimizer_state_is_one_line(uninterrupted, tiny_m
 
 def test_a_finished_run_makes_its_own_files_readable_and_leaves_the_users_alone(tmp_path):
     """transformers writes weights 0600; a finished run opens what it wrote to the umask's permissions, and only
-    that: a private file of the user's in the same folder keeps its mode."""
-    from slamkit.run_folder import RUN_FILES, make_readable
+    that: a private file of the user's in the same folder keeps its mode, a README.md of their own included (only
+    the Trainer's model card, tagged generated_from_trainer, is a run's)."""
+    from slamkit.run_folder import make_readable
 
     run = tmp_path / "run"
     (run / "checkpoint-2").mkdir(parents=True)
-    files = {name: run / name for name in ("model.safetensors", "checkpoint-2/model.safetensors", "notes.txt", "secret")}
+    (run / "cards").mkdir()
+    files = {name: run / name for name in ("model.safetensors", "checkpoint-2/model.safetensors", "notes.txt", "secret",
+                                           "README.md", "checkpoint-2/README.md")}
     for path in files.values():
-        path.write_text("x")
+        path.write_text("---\ntags:\n- generated_from_trainer\n---\n" if path.parent.name == "checkpoint-2" else "mine")
         path.chmod(0o600)
     old = os.umask(0o022)
     try:
-        make_readable(run, names=RUN_FILES)
+        make_readable(run, run_files=True)
     finally:
         os.umask(old)
     modes = {name: stat.S_IMODE(path.stat().st_mode) for name, path in files.items()}
     assert modes == {"model.safetensors": 0o644, "checkpoint-2/model.safetensors": 0o644, "notes.txt": 0o600,
-                     "secret": 0o600}
+                     "secret": 0o600, "README.md": 0o600, "checkpoint-2/README.md": 0o644}
 
 
 def test_resume_from_a_checkpoint_without_optimizer_state_is_an_error(tiny_model, sample_tokens, tmp_path):

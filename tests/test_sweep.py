@@ -9,14 +9,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import OFFLINE_ENV, REPO, load_script, run_cli, run_script
+from helpers import OFFLINE_ENV, REPO, load_script, run_cli, run_script, start_script
 from hydra import compose, initialize_config_dir
 
 from slamkit.evaluation import wilson_interval
+from slamkit.run_folder import LOCK_FILE
 
 JOB_ARGS = (  # one epoch of 48 sample rows: 3 steps, one evaluation of 16 validation rows
     "training_args.num_train_epochs=1", "training_args.bf16=false", "training_args.save_strategy=no",
@@ -103,11 +105,23 @@ def test_a_failed_job_is_listed_in_the_summary_and_the_sweep_exits_2(tiny_model,
 
 def test_submitit_local_sweep_runs_each_job_as_its_own_process(tiny_model, sample_tokens, tmp_path):
     """The README's Slurm sweep with submitit's local executor instead of Slurm: two jobs, two folders with their
-    own model and record, and the same summary."""
+    own model and record, and the same summary. A second submitit sweep into the same folder while the first runs
+    stops at once, naming the first, and changes nothing of it."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
-    done = run_script("cli/train_sft.py", "-m", "hydra/launcher=submitit_local", "training_args.learning_rate=1e-3,2e-3",
-                      *sweep_args(tiny_model, sample_tokens, sweep), env={"OMP_NUM_THREADS": "1"}, timeout=600)
+    args = ("cli/train_sft.py", "-m", "hydra/launcher=submitit_local", "training_args.learning_rate=1e-3,2e-3",
+            *sweep_args(tiny_model, sample_tokens, sweep))
+    first = start_script(*args, env={"OMP_NUM_THREADS": "1"})
+    lock = sweep / LOCK_FILE
+    deadline = time.monotonic() + 300
+    while not (lock.is_file() and lock.read_text().strip()) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # the first sweep holds its folder: its lock file names it
+    assert first.poll() is None, first.communicate()[1][-3000:]
+    second = run_script(*args, env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    refusal = second.stderr.splitlines()[-1]
+    assert second.returncode == 2 and refusal.startswith(f"error: {sweep}: in use by another run ("), second.stderr[-3000:]
+    out, err = first.communicate(timeout=600)
+    done = subprocess.CompletedProcess(args, first.returncode, out, err)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in done.stdout + done.stderr
     assert_summary_is_each_jobs_own(sweep, jobs=2)
