@@ -23,9 +23,9 @@ from slamkit.chatml import prompt_format
 from slamkit.evaluation import (
     add_eval_arguments,
     check_eval_arguments,
-    check_output_dir,
     eval_settings,
     first_problems,
+    held_output_dir,
     run_categorical,
 )
 from slamkit.model import choose_device, choose_dtype, load_causal_lm, load_tokenizer
@@ -55,7 +55,11 @@ def trained_format(folder: Path, requested: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_eval_arguments(args)
-    check_output_dir(args.output_dir, args.overwrite, inputs=[args.data_path])
+    with held_output_dir(args.output_dir, args.overwrite, inputs=[args.data_path]):
+        return evaluate(args)
+
+
+def evaluate(args: argparse.Namespace) -> int:
     records = first_problems(read_conversations(args.data_path, require_choices=True), args.max_problems)
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)

@@ -25,9 +25,9 @@ from slamkit.cloze import score_cloze
 from slamkit.evaluation import (
     add_eval_arguments,
     check_eval_arguments,
-    check_output_dir,
     eval_settings,
     first_problems,
+    held_output_dir,
     run_categorical,
     summary_line,
     wilson_interval,
@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     check_eval_arguments(args)
     if args.scoring == "cloze" and args.prompt_format is not None:
         raise SlamkitError("--prompt_format applies to categorical scoring; cloze uses the harness's own prompt")
-    check_output_dir(args.output_dir, args.overwrite, inputs=[args.data_path])
+    with held_output_dir(args.output_dir, args.overwrite, inputs=[args.data_path]):
+        return evaluate(args)
+
+
+def evaluate(args: argparse.Namespace) -> int:
     records = first_problems(read_conversations(args.data_path, require_choices=True), args.max_problems)
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)

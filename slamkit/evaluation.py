@@ -9,10 +9,11 @@ is reported from logits that are not finite.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from slamkit.chatml import PROMPT_FORMATS, SEED_FORMAT, PromptFormat, encode_pro
 from slamkit.data import right_pad
 from slamkit.errors import SlamkitError
 from slamkit.jsonl import output_set, refuse_input_as_output, write_json_document, write_jsonl_lines
+from slamkit.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +309,28 @@ def check_output_dir(output_dir: str | None, overwrite: bool, inputs: Sequence[s
             f"{folder}: already holds an evaluation ({', '.join(found)}); choose another --output_dir, or pass "
             "--overwrite to replace it"
         )
+
+
+@contextlib.contextmanager
+def held_output_dir(output_dir: str | None, overwrite: bool, inputs: Sequence[str | Path]) -> Iterator[None]:
+    """The evaluation's ``--output_dir``, held for the whole evaluation with the lock a run folder has: a second
+    evaluation into it at the same time stops at once, naming the first, so two output sets never interleave and
+    an evaluation that appeared meanwhile is never replaced without ``--overwrite`` (:func:`check_output_dir` runs
+    once the folder is held). The lock file, and the folder if this evaluation made it and wrote nothing, go when
+    it ends."""
+    if output_dir is None:
+        yield
+        return
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():  # before the lock's mkdir, whose error would say less
+        raise SlamkitError(f"{folder}: --output_dir is a file, not a folder")
+    with RunFolder(folder, key="--output_dir", holder="evaluation") as held:
+        held.hold()
+        try:
+            check_output_dir(output_dir, overwrite, inputs)
+            yield
+        finally:
+            held.leave_as_found()
 
 
 def write_outputs(

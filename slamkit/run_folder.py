@@ -270,8 +270,9 @@ class RunFolder:
     :meth:`start` leaves the folder as it found it (the folders it created are removed again).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, key: str = "training_args.output_dir", holder: str = "run"):
         self.path = path
+        self.key, self.holder = key, holder  # what the messages call the folder's setting, and who holds it
         self.created: Path | None = None
         self.started = False
         self._lock: int | None = None
@@ -298,15 +299,15 @@ class RunFolder:
                     f"{self.path / LOCK_FILE}: is a symbolic link, not slamkit's lock file; remove it (nothing else "
                     "was touched)"
                 ) from None
-            raise SlamkitError(f"{self.path}: cannot use as training_args.output_dir ({err.strerror})") from None
+            raise SlamkitError(f"{self.path}: cannot use as {self.key} ({err.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
             raise SlamkitError(
-                f"{self.path}: in use by another run ({holder}); wait for it to finish or choose another "
-                "training_args.output_dir"
+                f"{self.path}: in use by another {self.holder} ({holder}); wait for it to finish or choose another "
+                f"{self.key}"
             ) from None
         try:
             replaced = os.fstat(fd).st_ino != os.stat(self.path / LOCK_FILE).st_ino
@@ -314,7 +315,7 @@ class RunFolder:
             replaced = True
         if replaced:  # the run that held it removed the lock file meanwhile (it never started): the folder moved on
             os.close(fd)
-            raise SlamkitError(f"{self.path}: in use by another run (it just started); choose another output_dir")
+            raise SlamkitError(f"{self.path}: in use by another {self.holder} (it just started); choose another {self.key}")
         self._lock = fd
         return self
 

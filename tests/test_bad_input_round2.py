@@ -313,3 +313,26 @@ def test_validation_on_a_training_file_trains_as_asked_and_says_so(tiny_model, s
     assert code == 0, err[-2000:]
     assert (f"warning: data.val_path {sample_tokens['train']} is also a training file: its validation figures measure "
             "data the model trains on") in out_text + err
+
+
+def test_two_evaluations_into_one_folder_at_once_the_second_stops_naming_the_first(eval_arc, tiny_model, scored,
+                                                                                    tmp_path, capsys):
+    """While an evaluation holds its --output_dir (here this test holds it, with the same lock), a second one into it
+    stops at once with one line naming the holder, even with --overwrite, and writes nothing; once the folder is
+    free it runs, and leaves its three files and no lock file."""
+    import os
+
+    from slamkit.run_folder import RunFolder
+
+    folder = tmp_path / "eval"
+    argv = ["--model_path", str(tiny_model), "--data_path", str(scored), "--output_dir", str(folder), "--device", "cpu"]
+    with RunFolder(folder, key="--output_dir", holder="evaluation") as first:
+        first.hold()
+        line = fails(capsys, lambda: eval_arc.main([*argv, "--overwrite"]))
+        assert line.startswith(f"error: {folder}: in use by another evaluation (pid {os.getpid()} on ")
+        assert line.endswith("; wait for it to finish or choose another --output_dir")
+        assert sorted(p.name for p in folder.iterdir()) == [".slamkit.lock"]
+        first.leave_as_found()
+    assert not folder.exists()
+    assert eval_arc.main(argv) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["confusion_matrix.png", "predictions.jsonl", "results.json"]
