@@ -293,31 +293,13 @@ def add_eval_arguments(parser) -> None:
 EVAL_FILES = ("results.json", "predictions.jsonl", "confusion_matrix.png")
 
 
-def check_output_dir(output_dir: str | None, overwrite: bool, inputs: Sequence[str | Path] = ()) -> None:
-    """An evaluation folder holds one evaluation: one already there is refused (before the model is loaded)
-    unless ``overwrite``; an output that is one of the ``inputs`` (the questions file) is refused always."""
-    if output_dir is None:
-        return
-    folder = Path(output_dir)
-    if folder.exists() and not folder.is_dir():
-        raise SlamkitError(f"{folder}: --output_dir is a file, not a folder")
-    for name in EVAL_FILES:
-        refuse_input_as_output(folder / name, inputs, "--output_dir")
-    found = [name for name in EVAL_FILES if (folder / name).exists()]
-    if found and not overwrite:
-        raise SlamkitError(
-            f"{folder}: already holds an evaluation ({', '.join(found)}); choose another --output_dir, or pass "
-            "--overwrite to replace it"
-        )
-
-
 @contextlib.contextmanager
 def held_output_dir(output_dir: str | None, overwrite: bool, inputs: Sequence[str | Path]) -> Iterator[None]:
-    """The evaluation's ``--output_dir``, held for the whole evaluation with the lock a run folder has: a second
-    evaluation into it at the same time stops at once, naming the first, so two output sets never interleave and
-    an evaluation that appeared meanwhile is never replaced without ``--overwrite`` (:func:`check_output_dir` runs
-    once the folder is held). The lock file, and the folder if this evaluation made it and wrote nothing, go when
-    it ends."""
+    """The evaluation's ``--output_dir``, held for the whole evaluation with the lock a run folder has, so that a
+    second evaluation into it at the same time stops at once, naming the first, and two output sets never
+    interleave. Once it is held, before the model is loaded: an evaluation already there is refused unless
+    ``overwrite``, and an output that is one of the ``inputs`` (the questions file) always. The lock file, and the
+    folder if this evaluation made it and wrote nothing, go when it ends."""
     if output_dir is None:
         yield
         return
@@ -327,7 +309,14 @@ def held_output_dir(output_dir: str | None, overwrite: bool, inputs: Sequence[st
     with RunFolder(folder, key="--output_dir", holder="evaluation") as held:
         held.hold()
         try:
-            check_output_dir(output_dir, overwrite, inputs)
+            for name in EVAL_FILES:
+                refuse_input_as_output(folder / name, inputs, "--output_dir")
+            found = [name for name in EVAL_FILES if (folder / name).exists()]
+            if found and not overwrite:
+                raise SlamkitError(
+                    f"{folder}: already holds an evaluation ({', '.join(found)}); choose another --output_dir, or "
+                    "pass --overwrite to replace it"
+                )
             yield
         finally:
             held.leave_as_found()

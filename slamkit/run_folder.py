@@ -268,6 +268,9 @@ class RunFolder:
     from, before the weights are loaded; :meth:`start` replaces an old run (``overwrite``) and marks the folder
     running once the weights are loaded; :meth:`finish` marks it complete. A run that fails before
     :meth:`start` leaves the folder as it found it (the folders it created are removed again).
+
+    A sweep's folder and an evaluation's ``--output_dir`` are held with the same lock (:meth:`hold`,
+    :meth:`leave_as_found`); ``key`` and ``holder`` are what the messages call the folder's setting and its user.
     """
 
     def __init__(self, path: Path, key: str = "training_args.output_dir", holder: str = "run"):
