@@ -52,9 +52,10 @@ def expand_paths(paths: str | Sequence[str]) -> list[Path]:
         for match in map(Path, matches):
             if match.is_dir():
                 raise SlamkitError(f"{match}: a folder, not a file; give its files (e.g. {match / '*.jsonl'})")
-            if match.resolve() in seen:
-                raise SlamkitError(f"{match}: given twice (also as {seen[match.resolve()]}); list each data file once")
-            seen[match.resolve()] = match
+            resolved = match.resolve()
+            if resolved in seen:
+                raise SlamkitError(f"{match}: given twice (also as {seen[resolved]}); list each data file once")
+            seen[resolved] = match
             files.append(match)
     return files
 

@@ -198,8 +198,6 @@ def rehearse_trainer(args: TrainingArguments) -> None:
     import tempfile
     import warnings
 
-    from transformers import get_scheduler
-
     from slamkit.model import qwen3_config, random_model
 
     # Every failure below comes from a setting: the stand-in model and the temporary folder are valid by construction,
@@ -226,8 +224,7 @@ def rehearse_trainer(args: TrainingArguments) -> None:
         key = f"optim={_name(args.optim)}" + (f" with optim_args={args.optim_args!r}" if args.optim_args else "")
         raise SlamkitError(f"training_args.{key}: {_first_line(err)}") from None
     try:  # the scheduler with its keyword arguments
-        get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=1, num_training_steps=10,
-                      scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+        trainer.create_scheduler(num_training_steps=10, optimizer=optimizer)
     except Exception as err:  # any kind: see above
         raise SlamkitError(
             f"training_args.lr_scheduler_kwargs: {args.lr_scheduler_kwargs} do not fit "
@@ -693,16 +690,15 @@ def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
             if folder is not None:  # before anything is loaded: a folder that holds another run is refused here
                 folder.claim(config.cont_training, config.overwrite)
             # Everything that can be checked without the weights is checked before loading them, the cheapest first.
-            for paths in (data.train_path, data.val_path):
-                for path in expand_paths(paths) if paths else []:
-                    if not path.is_file():
-                        raise SlamkitError(f"{path}: no such file")
-            if data.val_path is not None:
-                trained = {path.resolve() for path in expand_paths(data.train_path)}
-                for path in expand_paths(data.val_path):
-                    if path.resolve() in trained:
-                        log.warning("warning: data.val_path %s is also a training file: its validation figures "
-                                    "measure data the model trains on", path)
+            train_files, val_files = (expand_paths(paths) if paths else [] for paths in (data.train_path, data.val_path))
+            for path in train_files + val_files:
+                if not path.is_file():
+                    raise SlamkitError(f"{path}: no such file")
+            trained = {path.resolve() for path in train_files}
+            for path in val_files:
+                if path.resolve() in trained:
+                    log.warning("warning: data.val_path %s is also a training file: its validation figures "
+                                "measure data the model trains on", path)
             tokenizer = load_tokenizer(config.model.tokenizer_name, config.model.trust_remote_code)
             model_config = load_model_config(config.model.base_model_name, config.model.trust_remote_code)
             context = getattr(model_config, "max_position_embeddings", None)
