@@ -54,8 +54,9 @@ def main(cfg: DictConfig) -> float | None:
         if added:  # '+key=value' adds a key that the schema's check at composition could not see
             raise SlamkitError(unknown_key_message(added[0]))
         config: SFTConfig = OmegaConf.to_object(cfg)
-        if sweep:  # every job of a sweep gets its own folder: <sweep dir>/<job number>
+        if sweep:  # every job of a sweep gets its own folder: <sweep dir>/<job number>, and a name that says what it ran
             config.training_args.output_dir = job.runtime.output_dir
+            config.training_args.run_name = config.training_args.run_name or f"job {job.job.num}: {' '.join(job.overrides.task)}"
         accuracy = train(config, command_line=list(job.overrides.task)).eval_accuracy
         # a sweeper such as Optuna records a job that returns None as a failed trial; NaN would be a value
         return accuracy if accuracy is not None and math.isfinite(accuracy) else None

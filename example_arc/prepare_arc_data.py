@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 
 from slamkit.arc import SPLITS, Conversation, conversation_from_record
-from slamkit.errors import SlamkitError, run_main
-from slamkit.jsonl import output_set, read_jsonl, refuse_input_as_output, write_jsonl_lines
+from slamkit.errors import SlamkitError, first_line, run_main
+from slamkit.jsonl import output_set, read_jsonl, write_jsonl_lines
 
 HUB_DATASET = "allenai/ai2_arc"
 SUBSETS = ("ARC-Easy", "ARC-Challenge")
@@ -80,14 +80,18 @@ def local_records(path: Path):
 
 def hub_records(subset: str):
     """``{split: [(where, record), ...]}`` from the Hugging Face hub (needs network or a warm cache)."""
+    from slamkit.model import offline_unless_the_hub_answers
+
+    offline_unless_the_hub_answers()  # before datasets is imported: it reads HF_HUB_OFFLINE once
     import datasets
 
     try:
         loaded = datasets.load_dataset(HUB_DATASET, subset)
     except Exception as err:  # offline, no cache, hub errors: datasets raises many types
         raise SlamkitError(
-            f"{HUB_DATASET} ({subset}): cannot load from the hub ({type(err).__name__}: {err}); "
-            "offline, pass --source DIR with a local copy"
+            f"{HUB_DATASET} ({subset}): cannot load from the hub ({type(err).__name__}: {first_line(err)}); offline, "
+            "pass --source example_arc/sample (400/100/200 ARC-Easy questions, bundled) or --source DIR holding the "
+            "full ARC-Easy in the hub's layout"
         ) from None
     return {
         split: [(f"{HUB_DATASET}/{subset}/{split}[{i}]", dict(r)) for i, r in enumerate(loaded[split])]
@@ -111,19 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     prefix = args.subset.lower().replace("-", "_")
     outputs_written = {split: Path(args.output_dir) / f"{prefix}_{split}.jsonl" for split in SPLITS}
+    files: dict[str, Path] = {}  # the local files it reads, which no output may replace
     if args.source is None:
         sources = hub_records(args.subset)
         origin = f"{HUB_DATASET} ({args.subset})"
     else:
         source = Path(args.source)
         files = {split: local_split_file(source, split, args.subset) for split in SPLITS}
-        for output in outputs_written.values():
-            refuse_input_as_output(output, files.values(), "--output_dir")
         sources = {split: local_records(path) for split, path in files.items()}
         origin = str(source)
     splits = {split: convert(records) for split, records in sources.items()}  # check everything first
     print(f"{args.subset} from {origin}")
-    with output_set() as outputs:  # all splits or none: never a test file of one run beside another's train file
+    with output_set(inputs=files.values()) as outputs:  # all splits or none, never one run's beside another's
         for split, conversations in splits.items():
             with outputs.open(outputs_written[split]) as handle:
                 write_jsonl_lines(handle, (c.to_record() for c in conversations))

@@ -32,7 +32,7 @@ from slamkit.chatml import (
     letter_token_ids,
     prompt_format,
 )
-from slamkit.jsonl import refuse_input_as_output, write_jsonl
+from slamkit.jsonl import write_jsonl
 from slamkit.model import load_tokenizer
 
 CHUNK = 512  # conversations per batched tokenizer call
@@ -75,7 +75,7 @@ def tokenize(records: list[dict], tokenizer, fmt: PromptFormat) -> list[dict]:
                 if "id" in record:
                     row = {"id": record["id"], **row}
                 if fmt.name != "seed":  # rows without the field are in the seed format
-                    row["prompt_format"] = fmt.name
+                    row["prompt_format"], row["prompt_digest"] = fmt.name, fmt.digest
                 if "choice_labels" in record:
                     row["choice_ids"] = [letter_ids[x] for x in record["choice_labels"]]
                     gold = row["choice_ids"][record["choice_labels"].index(record["assistant_text"])]
@@ -90,7 +90,6 @@ def tokenize(records: list[dict], tokenizer, fmt: PromptFormat) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    refuse_input_as_output(args.out_path, [args.data_path], "--out_path")
     records = read_conversations(args.data_path)
     tokenizer = load_tokenizer(args.tokenizer)
     fmt = prompt_format(args.prompt_format, tokenizer)
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = kept
     if not rows:
         raise SlamkitError(f"{args.data_path}: every example is longer than --max_length {args.max_length}")
-    write_jsonl(args.out_path, rows)
+    write_jsonl(args.out_path, rows, inputs=[args.data_path])
     lengths = [len(r["input_ids"]) for r in rows]
     supervised = sum(sum(label != IGNORE_INDEX for label in r["labels"]) for r in rows)
     total = sum(lengths)

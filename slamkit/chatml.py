@@ -16,6 +16,7 @@ own chat template, thinking off (:func:`chat_template_format`), and the same cod
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,10 +46,17 @@ class PromptFormat:
     def example(self, user_text: str, assistant_text: str) -> str:
         return self.prompt(user_text) + render_completion(assistant_text)
 
+    @property
+    def digest(self) -> str:
+        """What token rows carry of the template they were rendered with (``prompt_digest``)."""
+        return hashlib.sha256(f"{self.head}\0{self.tail}".encode()).hexdigest()[:16]
+
 
 SEED_FORMAT = PromptFormat("seed", f"{IM_START}user\n", f"{IM_END}\n{IM_START}assistant\n")
 PROMPT_FORMATS = ("seed", "chat_template")
-_PLACEHOLDER = "SLAMKIT-USER-TEXT-8f14e45f"  # stands for the user text while a chat template is rendered
+# Stands for the user text while a chat template is rendered; the spaces and newlines around it must survive (a
+# template that trims the user text would render other text than the rows hold).
+_PLACEHOLDER = " \nSLAMKIT-USER-TEXT-8f14e45f\n "
 
 
 def render_prompt(user_text: str, fmt: PromptFormat = SEED_FORMAT) -> str:
@@ -75,7 +83,7 @@ def chat_template_format(tokenizer) -> PromptFormat:
     exactly that prompt followed by the answer and ``<|im_end|>`` (a trailing newline allowed): otherwise what is
     trained and what is scored would not be the template's text, and the format is refused.
     """
-    name = _tokenizer_name(tokenizer)
+    name = tokenizer_name(tokenizer)
     if not getattr(tokenizer, "chat_template", None):
         raise SlamkitError(f"tokenizer {name}: has no chat template; use --prompt_format seed")
     user = [{"role": "user", "content": _PLACEHOLDER}]
@@ -89,7 +97,7 @@ def chat_template_format(tokenizer) -> PromptFormat:
         raise SlamkitError(f"tokenizer {name}: its chat template fails to render ({err})") from None
     if prompt.count(_PLACEHOLDER) != 1 or IM_START not in prompt:
         raise SlamkitError(
-            f"tokenizer {name}: its chat template does not render the user text verbatim in a ChatML prompt; "
+            f"tokenizer {name}: its chat template does not render the user text verbatim (untrimmed) in a ChatML prompt; "
             "use --prompt_format seed"
         )
     head, tail = prompt.split(_PLACEHOLDER)
@@ -118,7 +126,7 @@ class ChatMLIds:
     im_end: int
 
 
-def _tokenizer_name(tokenizer) -> str:
+def tokenizer_name(tokenizer) -> str:
     return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
 
 
@@ -133,7 +141,7 @@ def chatml_ids(tokenizer) -> ChatMLIds:
     for marker in (IM_START, IM_END):
         if marker not in vocab:
             raise SlamkitError(
-                f"tokenizer {_tokenizer_name(tokenizer)}: has no ChatML token {marker}; use a tokenizer that "
+                f"tokenizer {tokenizer_name(tokenizer)}: has no ChatML token {marker}; use a tokenizer that "
                 "defines <|im_start|> and <|im_end|> (every Qwen tokenizer does)"
             )
         encoded = tokenizer.encode(marker, add_special_tokens=False)
@@ -141,13 +149,13 @@ def chatml_ids(tokenizer) -> ChatMLIds:
         if added is None or not added.special:
             kind = "a plain vocabulary entry" if added is None else "an added token"
             raise SlamkitError(
-                f"tokenizer {_tokenizer_name(tokenizer)}: {marker} is {kind}, not a special token, so text in the "
+                f"tokenizer {tokenizer_name(tokenizer)}: {marker} is {kind}, not a special token, so text in the "
                 "data could forge a turn; register it as special (tokenizer.add_special_tokens("
                 "{'additional_special_tokens': ['<|im_start|>', '<|im_end|>']}) and save the tokenizer)"
             )
         if encoded != [vocab[marker]]:
             raise SlamkitError(
-                f"tokenizer {_tokenizer_name(tokenizer)}: {marker} is not encoded as its single special token "
+                f"tokenizer {tokenizer_name(tokenizer)}: {marker} is not encoded as its single special token "
                 f"(got ids {encoded}); it must be registered as a special token"
             )
         ids.append(vocab[marker])
@@ -161,17 +169,17 @@ def single_token_ids(tokenizer, texts: Sequence[str], what: str = "choice letter
     for text, ids in zip(texts, encoded, strict=True):
         if len(ids) != 1:
             raise SlamkitError(
-                f"tokenizer {_tokenizer_name(tokenizer)}: {what} {text!r} is {len(ids)} tokens {ids}, not one; "
+                f"tokenizer {tokenizer_name(tokenizer)}: {what} {text!r} is {len(ids)} tokens {ids}, not one; "
                 "categorical scoring needs every offered letter to be a single token"
             )
         if tokenizer.decode(ids) != text:  # e.g. an unknown-token id standing in for a letter not in the vocabulary
             raise SlamkitError(
-                f"tokenizer {_tokenizer_name(tokenizer)}: {what} {text!r} is not in the vocabulary "
+                f"tokenizer {tokenizer_name(tokenizer)}: {what} {text!r} is not in the vocabulary "
                 f"(it encodes to id {ids[0]}, which decodes to {tokenizer.decode(ids)!r})"
             )
         added = tokenizer.added_tokens_decoder.get(ids[0])
         if added is not None and added.special:  # e.g. a label "<|im_end|>": it would be scored as the control token
-            raise SlamkitError(f"tokenizer {_tokenizer_name(tokenizer)}: {what} {text!r} is a special token, not text")
+            raise SlamkitError(f"tokenizer {tokenizer_name(tokenizer)}: {what} {text!r} is a special token, not text")
         result.append(ids[0])
     return result
 
@@ -226,11 +234,16 @@ def _template_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
 
 @dataclass(frozen=True)
-class EncodedExample:
-    """One tokenized training example. ``labels[i]`` is ``input_ids[i]`` where supervised, else -100."""
+class TokenRow:
+    """One tokenized example, as step 2 writes it and training reads it. ``labels[i]`` is ``input_ids[i]`` where
+    supervised, else -100 (unshifted, the Hugging Face convention)."""
 
     input_ids: list[int]
     labels: list[int]
+    id: str | None = None
+    choice_ids: list[int] | None = None  # the offered letters' ids (validation accuracy)
+    prompt_format: str = "seed"  # how the prompt was rendered (PROMPT_FORMATS)
+    prompt_digest: str | None = None  # a chat_template row: PromptFormat.digest of the template it was rendered with
 
     @property
     def prompt_length(self) -> int:
@@ -244,7 +257,7 @@ def encode_examples(
     assistant_texts: Sequence[str],
     names: Sequence[str] | None = None,
     fmt: PromptFormat = SEED_FORMAT,
-) -> list[EncodedExample]:
+) -> list[TokenRow]:
     """Encode prompt + completion pairs with the label mask; batched.
 
     Invariants checked here for every example (an exception names the example otherwise): decoding
@@ -275,8 +288,8 @@ def encode_examples(
         decoded = tokenizer.decode(input_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if decoded != fmt.example(user, assistant):
             raise SlamkitError(
-                f"{name}: tokenizer {_tokenizer_name(tokenizer)} does not reproduce the text exactly "
+                f"{name}: tokenizer {tokenizer_name(tokenizer)} does not reproduce the text exactly "
                 "(decode(encode(text)) != text)"
             )
-        examples.append(EncodedExample(input_ids=input_ids, labels=[IGNORE_INDEX] * len(prompt) + list(completion)))
+        examples.append(TokenRow(input_ids=input_ids, labels=[IGNORE_INDEX] * len(prompt) + list(completion)))
     return examples

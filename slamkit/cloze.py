@@ -8,7 +8,8 @@ For each choice, the log-likelihood of the continuation ``" {choice text}"`` aft
   continuation first (ARC's contexts have none);
 - ``acc`` takes the choice with the largest log-likelihood; ``acc_norm`` divides each log-likelihood by the
   length in characters of the choice text, without the space that joins it to the context;
-- ties go to the first choice (``argmax``).
+- ties go to the first choice (``argmax``); the log-likelihoods are float32 whatever dtype the model runs in, and
+  a tie that remains is counted (``ties`` in results.json).
 
 No chat template and no letters: this is how pretrained (not instruction-tuned) models are usually compared on
 ARC, and it complements the categorical (letter) scoring of the trained model.
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from slamkit.data import right_pad
 from slamkit.errors import SlamkitError
+from slamkit.model import head_logits
 
 PAD_ID = 0  # right padding, masked: never read
 TARGET_DELIMITER = " "  # what joins the context and a choice (the harness's target_delimiter)
@@ -55,7 +57,20 @@ class ClozePrediction:
 
     @property
     def pred_norm(self) -> int:
-        return _argmax([normalised(value, length) for value, length in zip(self.loglik, self.lengths, strict=True)])
+        return _argmax(self.normalised)
+
+    @property
+    def normalised(self) -> list[float]:
+        return [normalised(value, length) for value, length in zip(self.loglik, self.lengths, strict=True)]
+
+    @property
+    def tie(self) -> bool:
+        """The best log-likelihood is shared (in float32): ``pred`` is the first of the tied choices."""
+        return self.loglik.count(max(self.loglik)) > 1
+
+    @property
+    def tie_norm(self) -> bool:
+        return self.normalised.count(max(self.normalised)) > 1
 
 
 def _argmax(values: Sequence[float]) -> int:
@@ -81,8 +96,6 @@ def encode_pairs(tokenizer, contexts: Sequence[str], continuations: Sequence[str
 @torch.no_grad()
 def score_cloze(model, tokenizer, records: list[dict], batch_size: int, progress: bool = True) -> list[ClozePrediction]:
     """Log-likelihood of every choice of every record (needs ``question`` and ``choice_texts`` from step 1)."""
-    if batch_size < 1:
-        raise SlamkitError(f"batch size must be at least 1, got {batch_size}")
     for record in records:
         for key in ("question", "choice_texts", "choice_labels"):
             if key not in record:
@@ -120,14 +133,12 @@ def score_cloze(model, tokenizer, records: list[dict], batch_size: int, progress
                 rows.append(row)
                 positions.append(len(context) + offset - 1)  # the logits that predict this token
                 targets.append(token)
-        # The LM head runs only over the trailing positions that hold some row's continuation (not the contexts).
-        first = min(positions)
-        logits = model(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False,
-            logits_to_keep=input_ids.shape[1] - first,
-        ).logits
-        columns = torch.tensor([p - first for p in positions], device=device)
-        picked = logits[torch.tensor(rows, device=device), columns].float()
+        # The decoder's final hidden states, and the LM head in float32 only at the positions that predict a
+        # continuation token: a log-likelihood compared in bfloat16 would tie (and go to the first choice).
+        hidden = model.get_decoder()(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
+        ).last_hidden_state
+        picked = head_logits(model, hidden[torch.tensor(rows, device=device), torch.tensor(positions, device=device)])
         token_logprobs = F.log_softmax(picked, dim=-1).gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
         per_row = torch.zeros(len(batch), device=device).index_add_(0, torch.tensor(rows, device=device), token_logprobs)
         for row, value in enumerate(per_row.cpu().tolist()):

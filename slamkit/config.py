@@ -85,6 +85,9 @@ TRAINING_ARGUMENT_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: 0 <= v < 2**32, f"between 0 and {2**32 - 1:,}"),
     "data_seed": (lambda v: v is None or 0 <= v < 2**32, f"null (= seed) or between 0 and {2**32 - 1:,}"),
     "neftune_noise_alpha": (lambda v: v is None or (math.isfinite(v) and v > 0), "null (off) or a number above 0"),
+    # the Trainer never reads it (only example scripts do): a run resumes its own folder with cont_training=true
+    "resume_from_checkpoint": (lambda v: v is None, "null: resume with cont_training=true (from the newest complete "
+                                                    "checkpoint of training_args.output_dir)"),
 }
 
 

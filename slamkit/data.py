@@ -10,30 +10,15 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DataCollatorWithFlattening
 
-from slamkit.chatml import IGNORE_INDEX, PROMPT_FORMATS
+from slamkit.chatml import IGNORE_INDEX, PROMPT_FORMATS, PromptFormat, TokenRow, prompt_format, tokenizer_name
 from slamkit.errors import SlamkitError
 from slamkit.jsonl import read_jsonl
-
-
-@dataclass(frozen=True)
-class TokenRow:
-    input_ids: list[int]
-    labels: list[int]
-    id: str | None = None
-    choice_ids: list[int] | None = None
-    prompt_format: str = "seed"  # how the prompt was rendered (slamkit.chatml.PROMPT_FORMATS)
-
-    @property
-    def prompt_length(self) -> int:
-        """Index of the first supervised position (everything before it is the prompt)."""
-        return next(i for i, label in enumerate(self.labels) if label != IGNORE_INDEX)
 
 
 def expand_paths(paths: str | Sequence[str]) -> list[Path]:
@@ -116,19 +101,20 @@ def check_token_row(record: dict, where: str, max_length: int | None = None, voc
     prompt_format = record.get("prompt_format", "seed")
     if prompt_format not in PROMPT_FORMATS:
         raise SlamkitError(f"{where}: prompt_format {prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}")
+    digest = record.get("prompt_digest")
+    if prompt_format != "seed" and not isinstance(digest, str):
+        raise SlamkitError(f"{where}: prompt_format {prompt_format} without the prompt_digest of its template; re-run "
+                           "prepare_arc_tokens.py")
     return TokenRow(input_ids=input_ids, labels=labels, id=record.get("id"), choice_ids=choice_ids,
-                    prompt_format=prompt_format)
+                    prompt_format=prompt_format, prompt_digest=digest)
 
 
 def load_token_rows(
-    paths: str | Sequence[str],
-    max_length: int | None = None,
-    vocab_rows: int | None = None,
-    limit: int | None = None,
+    files: Sequence[Path], max_length: int | None = None, vocab_rows: int | None = None, limit: int | None = None
 ) -> list[TokenRow]:
-    """Read and check token rows from one or more jsonl files (paths, globs or a list); ``limit`` keeps the first N."""
+    """Read and check token rows from jsonl ``files`` (see :func:`expand_paths`); ``limit`` keeps the first N."""
     rows: list[TokenRow] = []
-    for path in expand_paths(paths):
+    for path in files:
         for line, record in read_jsonl(path):
             rows.append(check_token_row(record, f"{path}:{line}", max_length, vocab_rows))
             if limit is not None and len(rows) >= limit:
@@ -136,17 +122,27 @@ def load_token_rows(
     return rows
 
 
-def rows_prompt_format(groups: Sequence[tuple[str, Sequence[TokenRow]]]) -> str:
-    """The one prompt format of every row in ``groups`` (``(name, rows)`` pairs); rows of two formats are refused:
-    a model trained on one format and validated or scored on another measures the mismatch."""
-    formats = {(name, row.prompt_format) for name, rows in groups for row in rows}
-    if len({fmt for _, fmt in formats}) > 1:
-        found = ", ".join(f"{name}: {fmt}" for name, fmt in sorted(formats))
+def rows_prompt_format(groups: Sequence[tuple[str, Sequence[TokenRow]]], tokenizer) -> PromptFormat:
+    """The one prompt format of every row in ``groups`` (``(name, rows)`` pairs), as ``tokenizer`` renders it.
+
+    Rows of two formats, or chat_template rows rendered by another template than ``tokenizer``'s (its digest
+    differs), are refused: a model trained on one prompt and validated, recorded or scored with another measures
+    the mismatch."""
+    formats = {(name, row.prompt_format, row.prompt_digest) for name, rows in groups for row in rows}
+    if len({(fmt, digest) for _, fmt, digest in formats}) > 1:
+        found = ", ".join(sorted({f"{name}: {fmt}" for name, fmt, _ in formats}))
         raise SlamkitError(
-            f"token rows of different prompt formats ({found}): make them all with the same "
-            "prepare_arc_tokens.py --prompt_format"
+            f"token rows of different prompt formats or templates ({found}): make them all with the same "
+            "prepare_arc_tokens.py --tokenizer and --prompt_format"
         )
-    return next(iter(formats))[1] if formats else "seed"
+    name, fmt, digest = next(iter(formats)) if formats else ("", "seed", None)
+    chosen = prompt_format(fmt, tokenizer)
+    if digest is not None and digest != chosen.digest:
+        raise SlamkitError(
+            f"{name}: the rows' prompts were rendered with another chat template than the tokenizer's "
+            f"({tokenizer_name(tokenizer)}); re-run prepare_arc_tokens.py with this tokenizer"
+        )
+    return chosen
 
 
 class TokenDataset(torch.utils.data.Dataset):

@@ -63,10 +63,16 @@ def _stop_while_starting(number, frame) -> None:
     os._exit(128 + number)
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of ``err`` (with the next when it ends in ':', a heading such as "Class validation error:"),
+    else its type's name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+
+
 def one_line(err: BaseException) -> str:
     """What went wrong, in one line: a slamkit error's message; anything else as ``Type: first line``."""
-    text = str(err).splitlines()[0] if str(err) else ""
-    return text if isinstance(err, SlamkitError) else f"{type(err).__name__}: {text}".rstrip(": ")
+    return first_line(err) if isinstance(err, SlamkitError) or not str(err).strip() else f"{type(err).__name__}: {first_line(err)}"
 
 
 def print_error(err: SlamkitError) -> None:

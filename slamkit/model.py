@@ -12,16 +12,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, Qwen3Config
 
+    from slamkit.config import ModelSettings
+
 # The modelling classes are imported where a model is made: importing them costs seconds (torch's compiler stack),
 # which step 2, a tokenizer's only user here, does not pay.
 
-from slamkit.errors import SlamkitError
+from slamkit.errors import SlamkitError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,28 @@ def _looks_local(name: str) -> bool:
 def _check_source(name: str, what: str) -> None:
     if not os.path.exists(name) and _looks_local(name):
         raise SlamkitError(f"{name}: no such {what} folder")
+    if not os.path.exists(name):
+        offline_unless_the_hub_answers()
+
+
+def offline_unless_the_hub_answers(seconds: float = 3.0) -> bool:
+    """Without network the hub's clients retry for up to a minute before they fail: when the hub does not answer
+    within ``seconds``, this process goes offline at once (the local cache still serves what it holds). True when
+    offline (also when HF_HUB_OFFLINE was set)."""
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return True
+    try:
+        socket.create_connection((urlparse(hub.ENDPOINT).hostname, 443), timeout=seconds).close()
+        return False
+    except OSError:
+        hub.HF_HUB_OFFLINE = True  # read at each request by huggingface_hub (and by transformers through it)
+        os.environ["HF_HUB_OFFLINE"] = "1"  # for libraries that read it later (datasets, when first imported)
+        return True
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -92,34 +117,52 @@ def load_causal_lm(
                 f"{name}: only pickle weights ({', '.join(pickles)}), refused because unpickling can run code: "
                 "convert them to safetensors, or opt in with allow_pickle=True (model.allow_pickle=true)"
             )
+    for path in sorted(Path(name).glob("*.safetensors")) if os.path.isdir(name) else ():
+        try:  # reads the header, and checks that the file holds every byte it lists
+            safe_open(path, "pt")
+        except SafetensorError as err:  # truncated or overwritten
+            raise SlamkitError(f"{path}: corrupt weights file, cannot load the model ({first_line(err)})") from None
     from transformers import AutoModelForCausalLM
 
+    report = logging.getLogger("transformers.modeling_utils")  # its load report: a table, refused below in one line
+    quiet = lambda record: "LOAD REPORT" not in record.getMessage()  # noqa: E731
+    report.addFilter(quiet)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            name,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True,
+        model, info = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True, output_loading_info=True, ignore_mismatched_sizes=True,
         )
-    except SafetensorError as err:  # a truncated or overwritten model.safetensors
-        raise SlamkitError(f"{name}: corrupt weights file, cannot load the model ({_first_line(err)})") from None
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError, StrictDataclassError) as err:
         raise _load_error(name, "the model", err) from None
+    finally:
+        report.removeFilter(quiet)
+    _refuse_unloaded_weights(name, info)
+    return model
+
+
+def _refuse_unloaded_weights(name: str, info: dict) -> None:
+    """Every weight comes from the checkpoint, and all of it is used: a missing weight or one of another shape would
+    be random, an unexpected one is another model's. (A tied LM head is tied to the loaded embeddings: not missing.)"""
+    shapes = {key: f"{key} {list(stored)} in the file, {list(wanted)} in config.json"
+              for key, stored, wanted in info["mismatched_keys"]}
+    found = {"missing": info["missing_keys"], "unexpected": info["unexpected_keys"], "of another shape": shapes}
+    parts = [f"{len(keys)} {what}: {', '.join(shapes.get(k, k) for k in sorted(keys)[:3])}{', ...' * (len(keys) > 3)}"
+             for what, keys in found.items() if keys]
+    if parts:
+        raise SlamkitError(f"{name}: config.json does not describe its weights ({'; '.join(parts)}); refused rather "
+                           "than run with weights left random or unused")
 
 
 def _load_error(name: str, what: str, err: BaseException) -> SlamkitError:
     """``name: cannot load <what> (<reason>)``; a name that is no local folder was tried as a hub id: say so."""
-    tried = "" if os.path.exists(name) else "no such local folder, and as a hub id: "
-    hint = ""
-    if tried and not os.environ.get("HF_HUB_OFFLINE"):  # the hub's retries take up to a minute without network
-        hint = "; without network, HF_HUB_OFFLINE=1 makes this fail at once (and uses the local cache)"
-    return SlamkitError(f"{name}: {tried}cannot load {what} ({_first_line(err)}){hint}")
+    if os.path.exists(name):
+        return SlamkitError(f"{name}: cannot load {what} ({first_line(err)})")
+    import huggingface_hub.constants as hub
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    offline = ("; offline, use a local folder: --tokenizer example_arc/sample/qwen_tokenizer (the Qwen vocabulary, "
+               "bundled), or a real model built by python -m slamkit.real_models qwen2.5-coder-0.5b-instruct")
+    reason = "the hub cannot be reached and the local cache does not hold it" if hub.HF_HUB_OFFLINE else first_line(err)
+    return SlamkitError(f"{name}: no such local folder, and as a hub id: cannot load {what} ({reason}){offline}")
 
 
 def load_model_config(name: str, trust_remote_code: bool = False):
@@ -129,7 +172,7 @@ def load_model_config(name: str, trust_remote_code: bool = False):
     _check_source(name, "model")
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, StrictDataclassError) as err:
         raise _load_error(name, "the model config", err) from None
 
 
@@ -149,35 +192,33 @@ def embedding_rows(config_rows: int, tokenizer_size: int, vocab_size: int | None
     return max(config_rows, tokenizer_size, vocab_size or 0)
 
 
-def build_model(
-    base_model_name: str,
-    twist_init: bool,
-    dtype: torch.dtype,
-    attn_implementation: str | None,
-    tokenizer_size: int,
-    vocab_size: int | None = None,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-) -> PreTrainedModel:
-    """The model to train: ``base_model_name``'s architecture, TWIST-initialised from its weights or random.
+def build_model(settings: ModelSettings, tokenizer_size: int, resume_from: Path | None = None) -> PreTrainedModel:
+    """The model to train: ``settings.base_model_name``'s architecture, TWIST-initialised from its weights
+    (``twist_init``: warm-start every weight from the pretrained LM, Hassid et al. 2023) or random.
 
-    The embedding table has :func:`embedding_rows` rows; rows added to it come from transformers' mean
-    resizing (drawn around the mean of the old rows), and the log says so.
+    The embedding table has :func:`embedding_rows` rows; rows added to it come from transformers' mean resizing
+    (drawn around the mean of the old rows), and the log says so. ``resume_from``: the Trainer will load that
+    checkpoint's weights over these, and the log says that instead.
     """
-    if twist_init:
-        model = load_causal_lm(base_model_name, dtype, attn_implementation, trust_remote_code, allow_pickle)
-        log.info("TWIST init: every weight warm-started from %s (weights in %s)", base_model_name, str(dtype).removeprefix("torch."))
+    name, dtype = settings.base_model_name, parse_dtype(settings.dtype)
+    if settings.twist_init:
+        model = load_causal_lm(name, dtype, settings.attn_implementation, settings.trust_remote_code, settings.allow_pickle)
     else:
         from transformers import AutoModelForCausalLM
 
-        config = load_model_config(base_model_name, trust_remote_code)
         model = AutoModelForCausalLM.from_config(
-            config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+            load_model_config(name, settings.trust_remote_code), dtype=dtype,
+            attn_implementation=settings.attn_implementation, trust_remote_code=settings.trust_remote_code,
         )
-        log.info("twist_init=false: %s architecture with random %s weights (from-scratch ablation)", base_model_name,
-                 str(dtype).removeprefix("torch."))
+    shown = str(dtype).removeprefix("torch.")
+    if resume_from is not None:
+        log.info("resuming from %s: its weights (in %s), optimizer state and schedule", resume_from, shown)
+    elif settings.twist_init:
+        log.info("TWIST init: every weight warm-started from %s (weights in %s)", name, shown)
+    else:
+        log.info("twist_init=false: %s architecture with random %s weights (from-scratch ablation)", name, shown)
     rows = model.get_input_embeddings().weight.shape[0]
-    target = embedding_rows(rows, tokenizer_size, vocab_size, base_model_name)
+    target = embedding_rows(rows, tokenizer_size, settings.vocab_size, name)
     if target > rows:
         model.resize_token_embeddings(target, mean_resizing=True)
         log.info("embedding table grown from %d to %d rows; new rows initialised by mean resizing", rows, target)
@@ -269,3 +310,21 @@ def save_random_model(folder: str | Path, config: Qwen3Config, tokenizer_dir: st
     if tokenizer_dir is not None:
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
     return Path(folder)
+
+
+def head_logits(model, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The LM head applied in float32 to final hidden states ``hidden`` [N, H]: the logits of ``token_ids`` [N, C]
+    only (the offered letters: no full-vocabulary logits), or of the whole vocabulary [N, V] when None.
+
+    Whatever dtype the model runs in, the numbers that pick an answer are float32: in bfloat16 two letter logits
+    between 16 and 32 that differ by less than 0.125 are equal, and argmax would hand the tie to the first letter."""
+    head = model.get_output_embeddings()
+    with torch.autocast(hidden.device.type, enabled=False):  # inside the Trainer's bf16 autocast: float32 all the same
+        if token_ids is None:
+            logits = hidden.float() @ head.weight.float().T
+        else:
+            logits = torch.einsum("nh,nch->nc", hidden.float(), head.weight[token_ids].float())
+        if getattr(head, "bias", None) is not None:
+            logits = logits + (head.bias if token_ids is None else head.bias[token_ids]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-2 style: monotone, but it moves the probs
+    return torch.tanh(logits / cap) * cap if cap else logits

@@ -7,6 +7,7 @@ each PNG appears at its path only when fully written.
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, ti
 
     figure = Figure(figsize=(8, 6.5), layout="constrained")
     loss_ax, accuracy_ax = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    figure.suptitle(title or "Training curves", parse_math=False)  # a run named "$5" is text, not mathtext
+    figure.suptitle(textwrap.fill(title or "Training curves", 100), parse_math=False)  # a run named "$5" is text, not mathtext
 
     if train_steps:
         # a run of a step or two logs one or two points: a line alone would not show them

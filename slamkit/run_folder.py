@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from slamkit.errors import Interrupted, SlamkitError
+from slamkit.errors import Interrupted, SlamkitError, first_line
 from slamkit.jsonl import atomic_output, readable_mode
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,11 @@ RUN_FILES = re.compile(
     r"generation_config\.json|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
     r"merges\.txt|chat_template\.jinja|training_args\.bin|trainer_state\.json|all_results\.json|train_results\.json|"
     r"eval_results\.json|slamkit_run\.yaml|train_sft\.log|training_curves\.png|runs|wandb|README\.md"
+)
+# ... and what the Trainer adds inside a checkpoint-N/ (optimizer, schedule, RNG, sharded FSDP state, adapters)
+CHECKPOINT_FILES = re.compile(
+    RUN_FILES.pattern + r"|optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|(optimizer|pytorch_model_fsdp)_\d+|"
+    r"pytorch_model_fsdp(_\d+)?\.bin|adapter_(model\.safetensors|config\.json)"
 )
 MODEL_CARD_TAG = "generated_from_trainer"  # in the README.md the Trainer writes (push_to_hub): the model card
 LOG_FILE = "train_sft.log"
@@ -125,6 +130,15 @@ def is_run_file(path: Path) -> bool:
         return path.is_file() and MODEL_CARD_TAG in path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
+
+
+def foreign_files(entries: Sequence[Path]) -> list[Path]:
+    """What no run wrote among a run folder's ``entries``, inside its checkpoints too (an evaluation saved into a
+    checkpoint-N/): what overwrite and checkpoint rotation must never move or delete."""
+    found = [p for p in entries if not is_run_file(p)]
+    for checkpoint in (p for p in entries if checkpoint_step(p) is not None and p.is_dir() and not p.is_symlink()):
+        found += [p for p in checkpoint.iterdir() if not CHECKPOINT_FILES.fullmatch(p.name)]
+    return found
 
 
 def checkpoint_step(folder: Path) -> int | None:
@@ -256,7 +270,8 @@ def _describe(entries: list[Path]) -> str:
             return (0, step, "")
         return (1, landmarks.index(path.name), "") if path.name in landmarks else (2, 0, path.name)
 
-    names = [p.name + ("/" if p.is_dir() else "") for p in sorted(entries, key=order)]
+    names = [(f"{p.parent.name}/" if checkpoint_step(p.parent) is not None else "") + p.name + ("/" if p.is_dir() else "")
+             for p in sorted(entries, key=order)]
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
@@ -357,20 +372,35 @@ class RunFolder:
 
     # ---------------------------------------------------------------- decide
 
-    def claim(self, cont_training: bool, overwrite: bool) -> None:
+    def claim(self, cont_training: bool, overwrite: bool, inputs: Sequence[str | Path] = (), rotates: bool = False) -> None:
         """Decide, from what the folder holds, whether this run may use it; before anything is loaded.
 
-        An empty folder is this run's. A folder holding another run needs ``cont_training`` (resume it) or
-        ``overwrite`` (replace it when this run starts); a folder holding anything else is refused.
+        A folder that is, holds or lies inside one of the run's ``inputs`` (the base model, the tokenizer, the data:
+        those that are local paths) is refused. An empty folder is this run's. A folder holding another run (its run
+        record, or checkpoints with one) needs ``cont_training`` (resume it) or ``overwrite`` (replace it when this
+        run starts); a folder holding anything else, a model folder included, is refused.
         """
+        here = self.path.resolve()
+        for source in map(Path, inputs):
+            if source.exists() and (here == source.resolve() or here in source.resolve().parents
+                                    or source.resolve() in here.parents):
+                raise SlamkitError(
+                    f"{self.path}: {self.key} is, holds or lies inside the run's input {source}; a run writes "
+                    f"(and overwrite=true replaces) what is in its folder: choose a folder apart from its inputs"
+                )
         self.recover()
         entries = [p for p in self.path.iterdir() if p.name != LOCK_FILE]
         if not entries:
             self.hold()
             return
         self.previous = read_record(self.path)
-        is_run = (
-            self.previous is not None or any(checkpoint_step(p) is not None for p in entries) or _weights_present(self.path)
+        if self.previous is None and (self.path / RUN_RECORD).exists() and not overwrite:
+            raise SlamkitError(
+                f"{self.path / RUN_RECORD}: cannot be read (damaged), so this run cannot be checked against the run "
+                "in the folder; replace it with overwrite=true or train into another training_args.output_dir"
+            )
+        is_run = self.previous is not None or (self.path / RUN_RECORD).exists() or any(
+            checkpoint_step(p) is not None and (p / RUN_RECORD).is_file() for p in entries
         )
         if not is_run:
             raise SlamkitError(
@@ -384,13 +414,18 @@ class RunFolder:
                 f"{self.path}: already holds a run ({_describe(entries)}{status}); resume it with "
                 "cont_training=true, write to another training_args.output_dir, or replace it with overwrite=true"
             )
+        foreign = foreign_files(entries) if overwrite or rotates else []
+        if overwrite and foreign:
+            raise SlamkitError(
+                f"{self.path}: overwrite=true, but the folder also holds what no run writes ({_describe(foreign)}); "
+                "move those elsewhere first (overwrite replaces a run, never other files)"
+            )
+        if foreign and [p for p in foreign if p.parent != self.path]:
+            raise SlamkitError(
+                f"{self.path}: its checkpoints also hold what no run writes ({_describe(foreign)}), which "
+                "training_args.save_total_limit would delete with them; move those elsewhere first"
+            )
         if overwrite:
-            foreign = [p for p in entries if not is_run_file(p)]
-            if foreign:
-                raise SlamkitError(
-                    f"{self.path}: overwrite=true, but the folder also holds what no run writes ({_describe(foreign)}); "
-                    "move those elsewhere first (overwrite replaces a run, never other files)"
-                )
             self._replace = entries
             log.info("overwrite=true: the run in %s (%s) is set aside when this run starts and deleted when it "
                      "finishes (restored if it fails)", self.path, _describe(entries))
@@ -448,6 +483,7 @@ class RunFolder:
         if self._replace:  # moved, not deleted: renames within the folder, restored if this run does not finish
             aside = self.path / REPLACED
             aside.mkdir()
+            self.started = True  # from here on a failure (a full disk writing the record below) restores the old run
             for path in self._replace:
                 os.replace(path, aside / path.name)
             (aside / ALL_MOVED).touch()  # from here on, the run files in the folder are this run's
@@ -527,7 +563,7 @@ class RunFolder:
 
     def _mark_failed(self, error: BaseException) -> None:
         record = read_record(self.path) or {}
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         status = "interrupted" if isinstance(error, Interrupted) else "failed"
         with contextlib.suppress(OSError, SlamkitError):  # e.g. the disk is full: the record stays "running"
             write_record(self.path, {**record, "status": status, "error": reason})

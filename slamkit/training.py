@@ -35,14 +35,16 @@ from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArgum
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from slamkit import __version__
-from slamkit.chatml import IGNORE_INDEX, PromptFormat, chatml_ids, prompt_format
+from slamkit.chatml import IGNORE_INDEX, PromptFormat, chatml_ids
 from slamkit.config import SFTConfig, SpeedSettings
 from slamkit.data import SFTCollator, TokenDataset, TokenRow, expand_paths, load_token_rows, rows_prompt_format
-from slamkit.errors import Interrupted, SlamkitError
+from slamkit.errors import Interrupted, SlamkitError, first_line
+from slamkit.evaluation import letter_choice
 from slamkit.jsonl import DISK_ERRORS
 from slamkit.model import (
     build_model,
     check_attention,
+    head_logits,
     cpu_description,
     cpu_native_bf16,
     embedding_rows,
@@ -111,6 +113,8 @@ def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation
         log.info("precision: %s on CUDA (%s)", precision, torch.cuda.get_device_name())
     else:
         changes["use_cpu"] = True
+        if not settings.use_cpu:
+            log.warning("warning: %s", no_cuda_reason())
         if settings.bf16 and speed.cpu_bf16 == "auto" and not cpu_native_bf16():
             changes["bf16"] = False
             log.info(
@@ -141,9 +145,26 @@ def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation
     try:
         args = TrainingArguments(**dataclasses.asdict(dataclasses.replace(settings, **changes)))
     except (ValueError, TypeError, ImportError) as err:
-        raise SlamkitError(f"training_args: {_first_line(err)}") from None
+        raise SlamkitError(f"training_args: {first_line(err)}") from None
     check_trainer_settings(args)
     return args
+
+
+def no_cuda_reason() -> str:
+    """Why a run that did not ask for the CPU got it, and what to check: on a cluster, an hours-long surprise."""
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        cause = f"CUDA_VISIBLE_DEVICES is {visible!r}, which hides every GPU"
+    elif torch.version.cuda is None:
+        cause = f"this torch ({torch.__version__}) is a CPU-only build"
+    elif any(os.path.exists(path) for path in ("/dev/nvidia0", "/dev/nvidiactl")):
+        cause = "this machine has NVIDIA devices but torch cannot use them (a container started without --nv?)"
+    else:
+        cause = "torch finds no GPU (singularity exec without --nv, or a node without GPUs?)"
+    return (f"no CUDA device: training on the CPU, hours where a GPU takes minutes; {cause}. Set "
+            "training_args.use_cpu=true to train on the CPU on purpose")
 
 
 LOGGER_CONFIGS = ("tensorboard", "wandb")  # the reporters config/logger/ has a file for: logger=NAME
@@ -172,6 +193,12 @@ def check_trainer_settings(args: TrainingArguments) -> None:
     if args.metric_for_best_model is not None and args.metric_for_best_model.removeprefix("eval_") not in VALIDATION_METRICS:
         names = ", ".join(f"eval_{name}" for name in VALIDATION_METRICS)
         refuse(f"metric_for_best_model={args.metric_for_best_model}", f"a validation logs only {names}")
+    if _name(args.eval_strategy) == "no":  # what only a validation feeds would silently do nothing
+        for key, value in (("save_strategy=best", _name(args.save_strategy) == "best"),
+                           ("load_best_model_at_end=true", args.load_best_model_at_end),
+                           (f"metric_for_best_model={args.metric_for_best_model}", args.metric_for_best_model)):
+            if value:
+                refuse(key, "needs a validation: set data.val_path and training_args.eval_strategy (epoch or steps)")
     if _name(args.save_strategy) == "best" and args.metric_for_best_model is None:
         refuse("save_strategy=best", "needs training_args.metric_for_best_model (e.g. eval_accuracy)")
     if args.use_liger_kernel and not import_utils.is_liger_kernel_available():
@@ -208,7 +235,7 @@ def rehearse_trainer(args: TrainingArguments) -> None:
         except Exception as err:  # any kind: see above
             raise SlamkitError(
                 f"training_args.torch_compile_backend={args.torch_compile_backend!r}, "
-                f"torch_compile_mode={args.torch_compile_mode!r}: {_first_line(err)}"
+                f"torch_compile_mode={args.torch_compile_mode!r}: {first_line(err)}"
             ) from None
     probe = copy.deepcopy(args)
     # nothing written, nothing pushed, nothing reported (check_reporters has checked the reporters)
@@ -217,18 +244,18 @@ def rehearse_trainer(args: TrainingArguments) -> None:
     try:
         trainer = Trainer(model=model, args=probe, eval_dataset=[] if _name(args.eval_strategy) != "no" else None)
     except Exception as err:  # any kind: see above
-        raise SlamkitError(f"training_args: {_first_line(err)}") from None
+        raise SlamkitError(f"training_args: {first_line(err)}") from None
     try:
         optimizer = trainer.create_optimizer()
     except Exception as err:  # any kind: see above
         key = f"optim={_name(args.optim)}" + (f" with optim_args={args.optim_args!r}" if args.optim_args else "")
-        raise SlamkitError(f"training_args.{key}: {_first_line(err)}") from None
+        raise SlamkitError(f"training_args.{key}: {first_line(err)}") from None
     try:  # the scheduler with its keyword arguments
         trainer.create_scheduler(num_training_steps=10, optimizer=optimizer)
     except Exception as err:  # any kind: see above
         raise SlamkitError(
             f"training_args.lr_scheduler_kwargs: {args.lr_scheduler_kwargs} do not fit "
-            f"lr_scheduler_type={_name(args.lr_scheduler_type)} ({_first_line(err)})"
+            f"lr_scheduler_type={_name(args.lr_scheduler_type)} ({first_line(err)})"
         ) from None
     if args.gradient_checkpointing:  # the old name mirrors activation_checkpointing where transformers has both
         kwargs = dict(args.gradient_checkpointing_kwargs or {})
@@ -248,12 +275,8 @@ def rehearse_trainer(args: TrainingArguments) -> None:
         except Exception as err:  # any kind: see above
             key = "activation" if hasattr(args, "activation_checkpointing_kwargs") else "gradient"
             raise SlamkitError(
-                f"training_args.{key}_checkpointing_kwargs={args.gradient_checkpointing_kwargs}: {_first_line(err)}"
+                f"training_args.{key}_checkpointing_kwargs={args.gradient_checkpointing_kwargs}: {first_line(err)}"
             ) from None
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 @dataclass(frozen=True)
@@ -316,23 +339,23 @@ def batch_plan(args: TrainingArguments, settings: Any, rows: int) -> BatchPlan:
 
 
 def answer_predictions(
-    logits: torch.Tensor, targets: torch.Tensor, sequence: torch.Tensor, choice_ids: torch.Tensor
+    model, hidden: torch.Tensor, targets: torch.Tensor, sequence: torch.Tensor, choice_ids: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """The predicted and the gold choice of every sequence, from the logits at its supervised positions.
+    """The predicted and the gold choice of every sequence, from the final hidden states at its supervised positions.
 
-    ``logits`` [K, V] and ``targets`` [K] are the supervised positions in order, ``sequence`` [K] the sequence
-    each belongs to, ``choice_ids`` [S, C] each sequence's candidate ids (-1 = none). A sequence's first
-    supervised position predicts its answer letter, exactly where categorical evaluation reads it.
+    ``hidden`` [K, H] and ``targets`` [K] are the supervised positions in order, ``sequence`` [K] the sequence each
+    belongs to, ``choice_ids`` [S, C] each sequence's candidate ids (-1 = none). A sequence's first supervised
+    position predicts its answer letter, exactly where categorical evaluation reads it, and the letters' logits are
+    float32 as there (:func:`slamkit.model.head_logits`).
     """
     first = torch.ones_like(sequence, dtype=torch.bool)
     first[1:] = sequence[1:] != sequence[:-1]
-    answer_logits, gold_ids = logits[first], targets[first]
-    if answer_logits.shape[0] != choice_ids.shape[0]:
-        raise ValueError(f"{answer_logits.shape[0]} supervised sequences but {choice_ids.shape[0]} rows of choice_ids")
-    valid = choice_ids >= 0
-    scores = answer_logits.gather(1, choice_ids.clamp(min=0)).masked_fill(~valid, -math.inf)
+    answer_hidden, gold_ids = hidden[first], targets[first]
+    if answer_hidden.shape[0] != choice_ids.shape[0]:
+        raise ValueError(f"{answer_hidden.shape[0]} supervised sequences but {choice_ids.shape[0]} rows of choice_ids")
+    predicted, _, _ = letter_choice(head_logits(model, answer_hidden, choice_ids.clamp(min=0)), choice_ids >= 0)
     gold = (choice_ids == gold_ids[:, None]).int().argmax(dim=1)
-    return {"answer_pred": scores.argmax(dim=1), "answer_gold": gold}
+    return {"answer_pred": predicted, "answer_gold": gold}
 
 
 def answer_accuracy(prediction: EvalPrediction) -> dict[str, float]:
@@ -384,7 +407,8 @@ class SFTTrainer(Trainer):
                             "(it is in the trained weights): nothing was saved; use model.save_dtype=bfloat16 or null"
                         )
                 state_dict[name] = cast.get(key, tensor)
-        super()._save(output_dir, state_dict)
+        with secrets_hidden(self.args):  # training_args.bin is the TrainingArguments object, pickled
+            super()._save(output_dir, state_dict)
         if self.save_dtype is not None and self.args.should_save:
             # save_pretrained wrote the dtype of the weights in memory (float32) into config.json; the file must say
             # what the saved tensors are, so that dtype="auto" (and vLLM's --dtype auto) loads them as they are.
@@ -396,14 +420,17 @@ class SFTTrainer(Trainer):
                 config.dtype = trained
 
     def _issue_warnings_after_load(self, load_result):
-        # A tied LM head is saved once, as the input embedding, so every resumed checkpoint "misses" lm_head.weight:
-        # tie it again quietly instead of the Trainer's warning about missing keys (anything else still warns).
+        # Resuming: every weight of the model must come from the checkpoint. A tied LM head is saved once, as the
+        # input embedding, so it is "missing" and tied again; any other missing or unexpected key is refused (the
+        # Trainer would only warn, and train on with that weight as it was before the load).
         head, embedding = self.model.get_output_embeddings(), self.model.get_input_embeddings()
-        tied = head is not None and head.weight is embedding.weight
-        if tied and set(load_result.missing_keys) == {"lm_head.weight"} and not load_result.unexpected_keys:
-            self.model.tie_weights()
-            return
-        super()._issue_warnings_after_load(load_result)
+        tied = {"lm_head.weight"} if head is not None and head.weight is embedding.weight else set()
+        missing, unexpected = set(load_result.missing_keys) - tied, set(load_result.unexpected_keys)
+        if missing or unexpected:
+            found = [f"{what}: {', '.join(sorted(keys)[:3])}" for what, keys in (("missing", missing),
+                                                                                  ("unexpected", unexpected)) if keys]
+            raise SlamkitError(f"the checkpoint resumed from does not hold this model's weights ({'; '.join(found)})")
+        self.model.tie_weights()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -413,7 +440,7 @@ class SFTTrainer(Trainer):
             del inputs["labels"]
             shifted = labels[0, 1:]
             positions = (shifted != IGNORE_INDEX).nonzero().squeeze(1)
-            outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
+            outputs = model(**inputs, logits_to_keep=positions, use_cache=False, output_hidden_states=choice_ids is not None)
             logits = outputs.logits.squeeze(0).float()  # squeeze, not [0]: indexing would allocate a zeroed grad
             targets = shifted[positions]
             loss = F.cross_entropy(logits, targets, reduction="sum", label_smoothing=self.args.label_smoothing_factor)
@@ -425,16 +452,19 @@ class SFTTrainer(Trainer):
             if not return_outputs:
                 return loss
             sequence = (inputs["position_ids"][0] == 0).cumsum(0)[positions] - 1
+            hidden = outputs.hidden_states[-1][0, positions] if choice_ids is not None else None
         else:  # padded: the model's own loss over the logits at every position (the straightforward path)
+            if choice_ids is not None:
+                inputs["output_hidden_states"] = True
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
             if not return_outputs:
                 return loss
             supervised = labels[:, 1:] != IGNORE_INDEX
-            logits, targets = outputs.logits[:, :-1][supervised].float(), labels[:, 1:][supervised]
-            sequence = supervised.nonzero()[:, 0]
+            targets, sequence = labels[:, 1:][supervised], supervised.nonzero()[:, 0]
+            hidden = outputs.hidden_states[-1][:, :-1][supervised] if choice_ids is not None else None
         result = {"loss": loss}
-        if choice_ids is not None:
-            result.update(answer_predictions(logits.detach(), targets, sequence, choice_ids))
+        if choice_ids is not None:  # validation: each row's answer from the same pass, its letters scored in float32
+            result.update(answer_predictions(self.model, hidden.detach(), targets, sequence, choice_ids))
         return loss, result
 
     def _save_checkpoint(self, model, trial):
@@ -578,18 +608,45 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+REDACTED = "<redacted>"
+
+
+def is_secret(key: str) -> bool:
+    """A setting that holds a credential: transformers' own rule (``TrainingArguments.to_dict`` hides ``*_token``)."""
+    return key.rsplit(".", 1)[-1].lstrip("+~").endswith("_token")
+
+
+def redact_command_line(command_line: Sequence[str]) -> list[str]:
+    """The overrides as given, a secret's value replaced (``training_args.hub_token=<redacted>``)."""
+    return [f"{item.split('=', 1)[0]}={REDACTED}" if is_secret(item.split("=", 1)[0]) else item for item in command_line]
+
+
+@contextlib.contextmanager
+def secrets_hidden(args: TrainingArguments):
+    """While the block writes ``args`` somewhere (the Trainer's training_args.bin), its secrets are blank."""
+    kept = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if is_secret(f.name) and getattr(args, f.name)}
+    for name in kept:
+        setattr(args, name, None)
+    try:
+        yield
+    finally:
+        for name, value in kept.items():
+            setattr(args, name, value)
+
+
 def run_record(
     config: SFTConfig, args: TrainingArguments, plan: BatchPlan, data: dict[str, Any], command_line: Sequence[str],
     fmt: PromptFormat,
 ) -> dict[str, Any]:
-    """What the run folder records: the requested config, what really ran, and the data it ran on."""
+    """What the run folder records: the requested config (secrets redacted), what really ran, and the data."""
+    plain = _plain(dataclasses.asdict(config))
     return {
         "slamkit": __version__,
         "status": "running",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "host": socket.gethostname(),
-        "command_line": list(command_line),
-        "config": _plain(dataclasses.asdict(config)),
+        "command_line": redact_command_line(command_line),
+        "config": {**plain, "training_args": {k: REDACTED if is_secret(k) and v else v for k, v in plain["training_args"].items()}},
         "effective": {
             "world_size": plan.world_size,
             "per_device_train_batch_size": plan.per_device,
@@ -608,10 +665,9 @@ def run_record(
     }
 
 
-def _data_record(paths: Any, rows: Sequence[TokenRow] | None) -> dict[str, Any] | None:
+def _data_record(files: Sequence[Path], rows: Sequence[TokenRow] | None) -> dict[str, Any] | None:
     if rows is None:
         return None
-    files = expand_paths(paths)
     return {"files": [str(f) for f in files], "rows": len(rows), "sha256": files_sha256(files)}
 
 
@@ -666,105 +722,124 @@ def interrupted(err: KeyboardInterrupt, output_dir: Path, step: int | None) -> I
     return Interrupted(f"{output_dir}: interrupted ({name}){at}; {after}", int(number))
 
 
-def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
-    """Fine-tune as ``config`` says; return the output folder (a plain HF checkpoint of the final weights).
+@dataclass
+class PreparedRun:
+    """Everything :func:`prepare` checked and read before the weights are loaded."""
 
-    Every ``checkpoint-N/`` and the output folder hold the weights (safetensors), the tokenizer and
-    ``slamkit_run.yaml``, and load with ``AutoModelForCausalLM``/``AutoTokenizer``. The folder is held by this
-    run from start to end (:class:`~slamkit.run_folder.RunFolder`).
-    """
-    settings, data, speed = config.training_args, config.data, config.speed
-    args = build_training_arguments(settings, speed, has_validation=data.val_path is not None)
-    check_attention(config.model.attn_implementation)
-    if args.n_gpu > 1 and speed.packing:
+    tokenizer: Any
+    train_rows: list[TokenRow]
+    val_rows: list[TokenRow] | None
+    record: dict[str, Any]  # the run record (slamkit_run.yaml)
+    header: list[str]  # the lines the run printed first, repeated at the top of train_sft.log
+    resume_from: Path | None  # cont_training: the checkpoint to resume from
+
+
+def prepare(config: SFTConfig, args: TrainingArguments, folder: RunFolder | None, command_line: Sequence[str]) -> PreparedRun:
+    """Every check that needs no weights, the cheapest first, before any weight is read: the folder (claimed by this
+    run), the data files, the tokenizer, the token rows (against the model's context and vocabulary, the tokenizer
+    and one prompt format), the batch plan and the checkpoint to resume from."""
+    data, model = config.data, config.model
+    check_attention(model.attn_implementation)
+    if args.n_gpu > 1 and config.speed.packing:
         raise SlamkitError(
             f"{args.n_gpu} GPUs visible to one process: launch with torchrun --nproc_per_node={args.n_gpu} "
             "(or accelerate launch --multi_gpu), or set CUDA_VISIBLE_DEVICES to one GPU"
         )
-    output_dir = Path(args.output_dir)
-    main_process = args.process_index == 0
-    with signals_stop_the_run(), RunFolder(output_dir) if main_process else contextlib.nullcontext() as folder:
-        # rank 0 holds the folder
-        trainer = None
-        try:
-            if folder is not None:  # before anything is loaded: a folder that holds another run is refused here
-                folder.claim(config.cont_training, config.overwrite)
-            # Everything that can be checked without the weights is checked before loading them, the cheapest first.
-            train_files, val_files = (expand_paths(paths) if paths else [] for paths in (data.train_path, data.val_path))
-            for path in train_files + val_files:
-                if not path.is_file():
-                    raise SlamkitError(f"{path}: no such file")
-            trained = {path.resolve() for path in train_files}
-            for path in val_files:
-                if path.resolve() in trained:
-                    log.warning("warning: data.val_path %s is also a training file: its validation figures "
-                                "measure data the model trains on", path)
-            tokenizer = load_tokenizer(config.model.tokenizer_name, config.model.trust_remote_code)
-            model_config = load_model_config(config.model.base_model_name, config.model.trust_remote_code)
-            context = getattr(model_config, "max_position_embeddings", None)
-            rows = embedding_rows(model_config.vocab_size, len(tokenizer), config.model.vocab_size, config.model.base_model_name)
-            train_rows = load_token_rows(data.train_path, context, rows, data.max_train_examples)
-            val_rows = load_token_rows(data.val_path, context, rows, data.max_val_examples) if data.val_path else None
-            for name, checked in (("data.train_path", train_rows), ("data.val_path", val_rows or [])):
-                check_rows_match_tokenizer(checked, tokenizer, name, config.model.tokenizer_name)
-            fmt = prompt_format(
-                rows_prompt_format([("data.train_path", train_rows), ("data.val_path", val_rows or [])]), tokenizer
-            )
-            plan = batch_plan(args, settings, len(train_rows))
-            header = [
-                f"command line: {' '.join(command_line) or '(none)'}",
-                f"data: {len(train_rows)} training rows" + (f", {len(val_rows)} validation rows" if val_rows else "")
-                + (f" (prompt format {fmt.name})" if fmt.name != "seed" else ""),
-                plan.describe(),
-            ]
-            for line in header[1:]:
-                log.info("%s", line)
-            record = run_record(
-                config, args, plan,
-                {"train": _data_record(data.train_path, train_rows), "validation": _data_record(data.val_path, val_rows)},
-                command_line, fmt,
-            )
-            if folder is not None:
-                resume_from = folder.resume_point(record, config.cont_training, config.accept_changed_settings)
-            else:
-                resume_from = newest_complete_checkpoint(output_dir) if config.cont_training else None
+    train_files, val_files = (expand_paths(paths) if paths else [] for paths in (data.train_path, data.val_path))
+    if folder is not None:  # a folder that holds another run, or any of this run's inputs, is refused here
+        folder.claim(config.cont_training, config.overwrite, rotates=args.save_total_limit is not None,
+                     inputs=[model.base_model_name, model.tokenizer_name, *train_files, *val_files])
+    for path in set(val_files) & set(train_files):
+        log.warning("warning: data.val_path %s is also a training file: its validation figures measure data the "
+                    "model trains on", path)
+    tokenizer = load_tokenizer(model.tokenizer_name, model.trust_remote_code)
+    model_config = load_model_config(model.base_model_name, model.trust_remote_code)
+    context = getattr(model_config, "max_position_embeddings", None)
+    rows = embedding_rows(model_config.vocab_size, len(tokenizer), model.vocab_size, model.base_model_name)
+    train_rows = load_token_rows(train_files, context, rows, data.max_train_examples)
+    val_rows = load_token_rows(val_files, context, rows, data.max_val_examples) if val_files else None
+    groups = [("data.train_path", train_rows), ("data.val_path", val_rows or [])]
+    for name, checked in groups:
+        check_rows_match_tokenizer(checked, tokenizer, name, model.tokenizer_name)
+    fmt = rows_prompt_format(groups, tokenizer)
+    plan = batch_plan(args, config.training_args, len(train_rows))
+    header = [
+        f"command line: {' '.join(redact_command_line(command_line)) or '(none)'}",
+        f"data: {len(train_rows)} training rows" + (f", {len(val_rows)} validation rows" if val_rows else "")
+        + (f" (prompt format {fmt.name})" if fmt.name != "seed" else ""),
+        plan.describe(),
+    ]
+    for line in header[1:]:
+        log.info("%s", line)
+    data_record = {"train": _data_record(train_files, train_rows), "validation": _data_record(val_files, val_rows)}
+    record = run_record(config, args, plan, data_record, command_line, fmt)
+    if folder is not None:
+        resume_from = folder.resume_point(record, config.cont_training, config.accept_changed_settings)
+    else:
+        resume_from = newest_complete_checkpoint(Path(args.output_dir)) if config.cont_training else None
+    return PreparedRun(tokenizer, train_rows, val_rows, record, header, resume_from)
 
+
+@contextlib.contextmanager
+def disk_errors_stop_the_run(output_dir: Path):
+    """A full disk (or a read-only one) while saving: one line saying what is intact. safetensors and torch.save
+    report it as RuntimeError or SafetensorError with the reason in the message."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:
+        reason = disk_problem(err)
+        if reason is None:
+            raise
+        raise SlamkitError(
+            f"{output_dir}: {reason} while saving; the run stopped, its complete checkpoints are intact "
+            "(cont_training=true resumes from the newest)"
+        ) from None
+
+
+def record_the_run(folder: RunFolder, trainer: SFTTrainer, record: dict[str, Any]) -> None:
+    """The finished run's record (with any divergence warning) and its training curves; the folder marked complete."""
+    from slamkit.plots import plot_training_curves
+
+    watch = next(c for c in trainer.callback_handler.callbacks if isinstance(c, DivergenceWatch))
+    if watch.warnings:
+        record["warnings"] = watch.warnings
+    try:
+        plot_training_curves(trainer.state.log_history, folder.path / "training_curves.png", title=trainer.args.run_name)
+    except ValueError as err:  # e.g. fewer steps than logging_steps: nothing was logged
+        log.info("training curves not plotted: %s", err)
+    folder.finish(record)
+
+
+def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
+    """Fine-tune as ``config`` says; return the output folder (a plain HF checkpoint of the final weights).
+
+    The recipe: check the settings (transformers' own checks included), hold the run folder, check everything else
+    that needs no weights, load the model, build the trainer, train, save, record. Every ``checkpoint-N/`` and the
+    output folder hold the weights (safetensors), the tokenizer and ``slamkit_run.yaml``, and load with
+    ``AutoModelForCausalLM``/``AutoTokenizer``.
+    """
+    args = build_training_arguments(config.training_args, config.speed, has_validation=config.data.val_path is not None)
+    output_dir = Path(args.output_dir)
+    with signals_stop_the_run(), RunFolder(output_dir) if args.process_index == 0 else contextlib.nullcontext() as folder:
+        trainer = None  # rank 0 holds the folder (folder is None elsewhere)
+        try:
+            run = prepare(config, args, folder, command_line)
             set_seed(args.seed)
-            net = build_model(
-                config.model.base_model_name, config.model.twist_init, parse_dtype(config.model.dtype),
-                config.model.attn_implementation, tokenizer_size=len(tokenizer), vocab_size=config.model.vocab_size,
-                trust_remote_code=config.model.trust_remote_code, allow_pickle=config.model.allow_pickle,
-            )
+            model = build_model(config.model, tokenizer_size=len(run.tokenizer), resume_from=run.resume_from)
             trainer = build_trainer(
-                net, args, train_rows, val_rows, tokenizer=tokenizer, speed=speed, run_record=record,
-                save_dtype=parse_dtype(config.model.save_dtype) if config.model.save_dtype and args.save_only_model else None,
+                model, args, run.train_rows, run.val_rows, tokenizer=run.tokenizer, speed=config.speed,
+                run_record=run.record, save_dtype=parse_dtype(config.model.save_dtype)
+                if config.model.save_dtype and args.save_only_model else None,
             )
             if folder is not None:
-                folder.start(record, header)
-            try:
-                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                folder.start(run.record, run.header)
+            with disk_errors_stop_the_run(output_dir):
+                trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
                 check_finite_weights(trainer.model, f"{output_dir} (final weights)")
                 trainer.save_model(str(output_dir))
                 trainer.save_state()  # trainer_state.json (the log history) beside the final weights
-            except (OSError, RuntimeError, SafetensorError) as err:  # safetensors and torch.save report a full disk so
-                reason = disk_problem(err)
-                if reason is None:
-                    raise
-                raise SlamkitError(
-                    f"{output_dir}: {reason} while saving; the run stopped, its complete checkpoints are intact "
-                    "(cont_training=true resumes from the newest)"
-                ) from None
-            watch = next(c for c in trainer.callback_handler.callbacks if isinstance(c, DivergenceWatch))
-            if watch.warnings:
-                record["warnings"] = watch.warnings
             if folder is not None:
-                from slamkit.plots import plot_training_curves
-
-                try:
-                    plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=output_dir.name)
-                except ValueError as err:  # e.g. fewer steps than logging_steps: nothing was logged
-                    log.info("training curves not plotted: %s", err)
-                folder.finish(record)
+                record_the_run(folder, trainer, run.record)
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (signals_stop_the_run): one line, the record says so
             raise interrupted(err, output_dir, trainer.state.global_step if trainer is not None else None) from None
     metrics = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), {})

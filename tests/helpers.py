@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny Qwen3 models built in-process, the bundled tokenizer, running scripts."""
+"""Shared test helpers: tiny Qwen3 models built in-process, the bundled tokenizer, running scripts, a small
+filesystem of its own."""
 
 from __future__ import annotations
 
@@ -106,3 +107,20 @@ def run_cli(*args: str) -> tuple[int, str, str]:
         root.handlers[:] = saved[2]
         root.setLevel(saved[3])
     raise AssertionError("run_main always exits")
+
+
+def in_small_tmpfs(size: str, script: str, options: str = "") -> subprocess.CompletedProcess:
+    """Run ``script`` (bash) with a fresh tmpfs of ``size`` mounted at $FS (more mount ``options``: ",ro"), in a
+    private mount namespace ($ERR: a file outside it for stderr); a script that cannot mount what it needs exits 99,
+    and the test is skipped."""
+    import pytest
+
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a mount namespace here (unshare -rm) to mount a small filesystem")
+    full = f'set -u; FS=$(mktemp -d); ERR=$(mktemp); mount -t tmpfs -o size={size}{options} tmpfs "$FS" || exit 99; cd {REPO}; {script}'
+    done = subprocess.run(["unshare", "-rm", "bash", "-c", full], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"})
+    if done.returncode == 99:
+        pytest.skip("cannot mount a tmpfs here")
+    return done

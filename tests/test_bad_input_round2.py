@@ -1,9 +1,9 @@
-"""Run integrity, round 2 (the hostile tester's cases of issue 19 that are fixed): outputs that are their own
-input (steps 1, 2 and 4), a lock file that is a symlink, evaluation input checked as strictly as step 1's, ChatML
-markers that are not special tokens, data paths that look like globs, name a folder or a file twice, a batch plan
-that matches dataloader_drop_last, and settings the Trainer would only reject once the weights are loaded (or that
-need a missing package). Each case is one ``error:`` line and exit code 2 (or, for the plan, the Trainer's own
-count), and nothing is changed."""
+"""Run integrity, round 2 (the hostile tester's cases of issue 19 that are fixed): an evaluation's output that is
+its own input (steps 1 and 2: the writer's own test, tests/test_boundary.py), a lock file that is a symlink,
+evaluation input checked as strictly as step 1's, ChatML markers that are not special tokens, data paths that look
+like globs, name a folder or a file twice, a batch plan that matches dataloader_drop_last, and settings the Trainer
+would only reject once the weights are loaded (or that need a missing package). Each case is one ``error:`` line
+and exit code 2 (or, for the plan, the Trainer's own count), and nothing is changed."""
 
 from __future__ import annotations
 
@@ -15,33 +15,8 @@ import pytest
 from test_bad_input import GOOD, assert_empty, conversations, fails
 from transformers import TrainingArguments
 
-from helpers import SAMPLE, SAMPLE_TOKENIZER, run_cli
+from helpers import SAMPLE_TOKENIZER, run_cli
 from slamkit.chatml import IGNORE_INDEX
-
-
-def test_step2_refuses_to_write_over_its_own_input(step2, sample_step1, tmp_path, capsys):
-    """--out_path equal to --data_path (under another spelling too) is refused; the step-1 file is unchanged."""
-    data = tmp_path / "train.jsonl"
-    shutil.copy(sample_step1 / "arc_easy_train.jsonl", data)
-    before = data.read_bytes()
-    for out in (data, tmp_path / "." / "train.jsonl"):
-        argv = ["--data_path", str(data), "--out_path", str(out), "--tokenizer", str(SAMPLE_TOKENIZER)]
-        line = fails(capsys, lambda: step2.main(argv))
-        assert line == f"error: {out}: --out_path would write over the input file {data}; write the output elsewhere"
-    assert data.read_bytes() == before
-
-
-def test_step1_refuses_an_output_dir_whose_outputs_are_its_sources(step1, tmp_path, capsys):
-    """A --source folder holding hub-layout files named arc_easy_<split>.jsonl, with --output_dir the same folder,
-    would have its sources replaced: refused, every file unchanged."""
-    folder = tmp_path / "arc"
-    folder.mkdir()
-    for split in ("train", "validation", "test"):
-        shutil.copy(SAMPLE / f"ARC-Easy-{split}.jsonl", folder / f"arc_easy_{split}.jsonl")
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    line = fails(capsys, lambda: step1.main(["--source", str(folder), "--output_dir", str(folder)]))
-    assert line.startswith(f"error: {folder / 'arc_easy_train.jsonl'}: --output_dir would write over the input file ")
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tiny_model, sample_tokens, tmp_path):

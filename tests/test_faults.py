@@ -5,13 +5,11 @@ not finite is left looking complete. The runs are tests/test_run_integrity.py's 
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import OFFLINE_ENV, REPO, load_script
+from helpers import in_small_tmpfs, load_script
 from safetensors.torch import save_file
 from test_run_integrity import cli_fails, overrides, record, weights
 
@@ -68,20 +66,6 @@ def test_evaluation_refuses_to_report_an_accuracy_from_nan_logits(nan_model, sam
 
 
 # ---------------------------------------------------------------- a full disk
-
-
-def in_small_tmpfs(size: str, script: str, options: str = "") -> subprocess.CompletedProcess:
-    """Run ``script`` (bash) with a fresh tmpfs of ``size`` mounted at $FS (more mount ``options``: ",ro"), in a
-    private mount namespace ($ERR: a file outside it for stderr)."""
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("cannot create a mount namespace here (unshare -rm) to mount a small filesystem")
-    full = f'set -u; FS=$(mktemp -d); ERR=$(mktemp); mount -t tmpfs -o size={size}{options} tmpfs "$FS" || exit 99; cd {REPO}; {script}'
-    done = subprocess.run(["unshare", "-rm", "bash", "-c", full], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"})
-    if done.returncode == 99:
-        pytest.skip("cannot mount a tmpfs here")
-    return done
 
 
 def test_step1_on_a_full_disk_writes_no_split_and_keeps_the_old_ones(tmp_path):

@@ -88,3 +88,119 @@ def test_a_noisy_but_healthy_loss_is_not_flagged(caplog):
     with caplog.at_level(logging.WARNING, logger="slamkit"):
         watch = replay([0.687, 0.681, 0.870, 1.48, 0.742, 1.36, 0.608, math.nan, 0.716])
     assert watch.warnings == [] and caplog.records == []
+
+
+# ------------------------------------------------------------------ choices in float32, whatever the model's dtype
+
+LETTERS = [10, 11, 12, 13]  # the "letters" of the tie set below
+VOCAB = 1024
+
+
+def near_tie_model():
+    """A tiny untied Qwen3 (float32) whose final hidden state is almost the same for every prompt, and whose four
+    letter rows of the LM head give logits near 32 that differ by 1/32 to 3/32: exact ties in bfloat16 (its spacing
+    is 0.125 below 32 and 0.25 above), distinct in float32, with the last letter the largest.
+
+    Sixteen hidden dimensions carry a constant 50 from every token's embedding and are the only ones the final norm
+    keeps, so each of them is about 2 after the norm; every letter row reads them with weight 1, and letter k reads
+    the first one with weight 1 + k/64 (exact in bfloat16)."""
+    from slamkit.model import qwen3_config, random_model
+
+    model = random_model(qwen3_config("tiny", vocab_size=VOCAB, tie_word_embeddings=False))
+    dims = slice(0, 16)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, dims] = 50.0
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[dims] = 1.0
+        for k, letter in enumerate(LETTERS):
+            model.lm_head.weight[letter].zero_()
+            model.lm_head.weight[letter, dims] = 1.0
+            model.lm_head.weight[letter, 0] = 1.0 + k / 64
+    return model
+
+
+def tie_questions(count: int = 24):
+    from slamkit.evaluation import Question
+
+    rng = torch.Generator().manual_seed(0)
+    return [
+        Question(id=f"q{i}", prompt_ids=torch.randint(100, VOCAB, (int(torch.randint(3, 30, (1,), generator=rng)),),
+                                                      generator=rng).tolist(),
+                 choice_ids=LETTERS, gold=i % 4)
+        for i in range(count)
+    ]
+
+
+def test_a_bfloat16_model_picks_the_letters_a_float32_model_picks_where_bfloat16_logits_tie():
+    """On a set built so that the bf16 model's own letter logits tie (argmax would say the first letter every time),
+    score_questions on the bf16 model predicts exactly what it predicts on the same weights in float32 (the last
+    letter), reports no float32 tie, and batch sizes 1 and 16 agree."""
+    from slamkit.evaluation import score_questions
+
+    questions = tie_questions()
+    model32 = near_tie_model().eval()
+    model16 = near_tie_model().to(torch.bfloat16).eval()
+    with torch.no_grad():  # the set is what it claims: the bf16 model's own logits tie on most questions
+        own = [model16(input_ids=torch.tensor([q.prompt_ids])).logits[0, -1, LETTERS] for q in questions]
+    assert sum(int((row == row.max()).sum()) > 1 for row in own) >= len(questions) // 2
+    expected = [p.pred for p in score_questions(model32, questions, 16, progress=False)]
+    assert expected == [3] * len(questions)
+    for batch_size in (1, 16):
+        for fast in (True, False):
+            scored = score_questions(model16, questions, batch_size, progress=False, fast=fast)
+            assert [p.pred for p in scored] == expected and not any(p.tie for p in scored)
+
+
+def test_validation_accuracy_under_bf16_autocast_equals_float32(tmp_path):
+    """The validation accuracy computed in the training pass under bf16 autocast (packed and padded paths) counts
+    the same correct answers as in float32 on the near-tie set: its letters are scored in float32 too."""
+    from slamkit.chatml import IGNORE_INDEX
+    from slamkit.data import check_token_row
+    from slamkit.training import build_trainer, build_training_arguments
+
+    rows = [
+        check_token_row({"input_ids": q.prompt_ids + [LETTERS[q.gold], 3],
+                         "labels": [IGNORE_INDEX] * len(q.prompt_ids) + [LETTERS[q.gold], 3], "choice_ids": LETTERS},
+                        q.id, vocab_rows=VOCAB)
+        for q in tie_questions()
+    ]
+    results = set()
+    for bf16 in (False, True):
+        for speed in (SpeedSettings(), SpeedSettings(packing=False, single_micro_batch=False)):
+            settings = training_arguments_settings(output_dir=str(tmp_path), report_to="none", bf16=bf16,
+                                                   eval_strategy="epoch", per_device_eval_batch_size=8)
+            args = build_training_arguments(settings, SpeedSettings(cpu_bf16="force"), has_validation=True)
+            metrics = build_trainer(near_tie_model(), args, rows, rows, speed=speed).evaluate()
+            results.add(metrics["eval_correct"])
+    assert results == {sum(q.gold == 3 for q in tie_questions())}
+
+
+def test_float32_ties_are_counted_not_hidden():
+    """Letters whose float32 logits are exactly equal are a reported tie (the first of them is the prediction)."""
+    from slamkit.evaluation import letter_choice
+
+    pred, probs, tie = letter_choice(torch.tensor([[1.0, 2.0, 2.0, -5.0], [3.0, 1.0, 0.0, 9.0]]),
+                                     torch.tensor([[True] * 4, [True, True, True, False]]))
+    assert pred.tolist() == [1, 0] and tie.tolist() == [True, False] and probs[1, 3] == 0
+
+
+@pytest.mark.parametrize(("visible", "named"), [("", "CUDA_VISIBLE_DEVICES is ''"), (None, "training_args.use_cpu=true")])
+def test_a_run_that_finds_no_cuda_warns_unless_the_cpu_was_asked_for(monkeypatch, caplog, tmp_path, visible, named):
+    """Without CUDA, training warns at its start, naming the likely cause (an empty CUDA_VISIBLE_DEVICES first) and
+    use_cpu=true; with training_args.use_cpu=true the same run is quiet."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    for use_cpu in (False, True):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="slamkit"):
+            settings = training_arguments_settings(output_dir=str(tmp_path), report_to="none", use_cpu=use_cpu)
+            build_training_arguments(settings, SpeedSettings(), has_validation=False)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        if use_cpu:
+            assert warnings == []
+        else:
+            assert len(warnings) == 1 and warnings[0].startswith("warning: no CUDA device") and named in warnings[0]

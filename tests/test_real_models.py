@@ -86,14 +86,19 @@ def test_without_gguf_the_builder_says_what_to_install(tmp_path):
 
 
 def test_a_built_folder_is_reused_and_a_foreign_one_is_refused(tmp_path):
-    """A folder with the builder's source record is returned as is (no download); a folder of that name without it
-    is someone else's and is refused unless --force."""
+    """A folder with the builder's source record, config and weights is returned as is (no download); one whose
+    weights are gone is cut short, and a folder of that name without the record is someone else's: both are
+    refused unless --force, and left as they are."""
     cache = tmp_path / "cache"
     built = cache / "smollm2-135m-instruct"
     built.mkdir(parents=True)
-    (built / "config.json").write_text("{}")
-    (built / real_models.SOURCE_FILE).write_text("{}")
+    for name in ("config.json", real_models.SOURCE_FILE, "model.safetensors"):
+        (built / name).write_text("{}")
     assert real_models.build("smollm2-135m-instruct", cache) == built
+    (built / "model.safetensors").unlink()
+    with pytest.raises(SlamkitError, match="cut short"):
+        real_models.build("smollm2-135m-instruct", cache)
+    assert sorted(p.name for p in built.iterdir()) == ["config.json", real_models.SOURCE_FILE]
     foreign = cache / "qwen2.5-coder-0.5b-instruct"
     foreign.mkdir()
     (foreign / "config.json").write_text("{}")

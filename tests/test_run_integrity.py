@@ -139,22 +139,40 @@ def test_overwrite_replaces_the_old_run_only_once_the_new_one_has_started(uninte
 
 def test_overwrite_refuses_a_folder_that_also_holds_what_no_run_writes(uninterrupted, tiny_model, sample_tokens, tmp_path):
     """overwrite=true into a run folder that also holds the user's notes.txt, a README.md of their own, an
-    eval_test/ folder and the very training file the new run reads is refused, naming them; every file stays as it
+    eval_test/ folder and an evaluation saved inside checkpoint-3/ is refused, naming them; every file stays as it
     was."""
     out = tmp_path / "run"
     shutil.copytree(uninterrupted[2], out)
     (out / "notes.txt").write_text("mine")
     (out / "README.md").write_text("# my run\n")
     (out / "eval_test").mkdir()
-    shutil.copy(sample_tokens["train"], out / "train.jsonl")
+    (out / "checkpoint-3" / "results.json").write_text("{}")
     before = snapshot(out)
-    args = overrides(tiny_model, {**sample_tokens, "train": out / "train.jsonl"}, out, "overwrite=true", epochs=1)
-    line = cli_fails(*args)
-    assert line == (
-        f"error: {out}: overwrite=true, but the folder also holds what no run writes (README.md, eval_test/, notes.txt, "
-        "train.jsonl); move those elsewhere first (overwrite replaces a run, never other files)"
-    )
+    line = cli_fails(*overrides(tiny_model, sample_tokens, out, "overwrite=true", epochs=1))
+    assert line.startswith(f"error: {out}: overwrite=true") and "never other files" in line
+    named = line.split("(", 1)[1].split(")")[0].split(", ")
+    assert sorted(named) == ["README.md", "checkpoint-3/results.json", "eval_test/", "notes.txt"]
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("where", ["the base model", "inside the base model", "a folder holding the training file"])
+def test_an_output_dir_that_is_holds_or_lies_in_an_input_is_refused(where, tiny_model, sample_tokens, tmp_path):
+    """training_args.output_dir that is the pretrained model's folder, lies inside it, or holds the training file is
+    refused before anything is loaded, naming the input, with overwrite=true and cont_training=true too; nothing
+    changes."""
+    model, tokens = tmp_path / "model", dict(sample_tokens)
+    shutil.copytree(tiny_model, model)
+    out = {"the base model": model, "inside the base model": model / "run",
+           "a folder holding the training file": tmp_path / "data"}[where]
+    if where.startswith("a folder"):
+        out.mkdir()
+        tokens["train"] = Path(shutil.copy(sample_tokens["train"], out / "train.jsonl"))
+    before = snapshot(tmp_path)
+    for extra in ("overwrite=true", "cont_training=true"):
+        line = cli_fails(*overrides(model, tokens, out, extra, epochs=1))
+        assert line.startswith(f"error: {out}: training_args.output_dir") and "input" in line
+        assert str(model if where != "a folder holding the training file" else tokens["train"]) in line
+    assert snapshot(tmp_path) == before
 
 
 def wait_for(marker: Path, process: subprocess.Popen) -> None:
