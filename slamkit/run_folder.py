@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import SafetensorError, safe_open
 
 from slamkit.errors import Interrupted, SlamkitError, first_line
 from slamkit.jsonl import atomic_output, readable_mode
@@ -40,14 +41,7 @@ log = logging.getLogger(__name__)
 
 RUN_RECORD = "slamkit_run.yaml"  # the run record, beside the weights of every checkpoint and of the output folder
 LOCK_FILE = ".slamkit.lock"
-# overwrite=true moves the old run into REPLACED when the new run starts; ALL_MOVED (inside it) says the move is
-# done, so what the folder holds from then on is the new run's; a finished new run renames REPLACED to DISCARD
-# and deletes it. A run killed (kill -9) anywhere in between leaves a state the next run into the folder puts right
-# (RunFolder.recover): the old run restored, or the finished new run kept.
-REPLACED = ".slamkit_replaced"
-ALL_MOVED = ".all_moved"
-DISCARD = ".slamkit_discard"
-# What a run writes into its folder (the Trainer, the tokenizer, slamkit, the loggers): what overwrite=true may move.
+# What a run writes into its folder (the Trainer, the tokenizer, slamkit, the loggers): all overwrite=true may move.
 RUN_FILES = re.compile(
     r"checkpoint-\d+|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|pytorch_model\.bin|config\.json|"
     r"generation_config\.json|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
@@ -156,29 +150,17 @@ def checkpoint_is_complete(folder: Path) -> bool:
     return step is not None and isinstance(state, dict) and state.get("global_step") == step and _weights_present(folder)
 
 
-def _zip_is_whole(path: Path) -> bool:
-    """torch.save writes a zip archive: a cut one has no central directory; in a small one (RNG and scheduler
-    states) every entry's checksum is checked too (the optimizer state's gigabytes are not read twice)."""
+def _is_whole(path: Path) -> bool:
+    """A safetensors file holds every byte its header lists (safetensors checks it on opening); torch.save's zip
+    archive has its central directory, and in a small one (RNG and scheduler states) every entry's checksum holds
+    (the optimizer state's gigabytes are not read twice)."""
     try:
+        if path.suffix == ".safetensors":
+            safe_open(path, "np")
+            return True
         with zipfile.ZipFile(path) as archive:
             return path.stat().st_size > 64 * 2**20 or archive.testzip() is None
-    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
-        return False
-
-
-def _safetensors_is_whole(path: Path) -> bool:
-    """A safetensors file is an 8-byte header length, a JSON header, then exactly the bytes the header's tensors
-    end at: a truncated or overwritten file fails one of these."""
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            length = int.from_bytes(handle.read(8), "little")
-            if not 2 <= length <= size - 8:
-                return False
-            header = json.loads(handle.read(length))
-        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-        return size == 8 + length + max(ends, default=0)
-    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, SafetensorError):
         return False
 
 
@@ -295,7 +277,8 @@ class RunFolder:
         self.started = False
         self._lock: int | None = None
         self._lock_existed = False
-        self._replace: list[Path] = []  # what overwrite=true sets aside when the run starts
+        self._replace = False  # overwrite=true: the old run is moved aside, whole, when this run starts
+        self.replaced: Path | None = None  # ... to this sibling folder, which nothing ever deletes
         self._stale: list[Path] = []  # incomplete checkpoints a resumed run deletes when it starts
         self._handler: logging.Handler | None = None
         self._levels: dict[str, int] = {}
@@ -304,9 +287,14 @@ class RunFolder:
     # ---------------------------------------------------------------- lock
 
     def __enter__(self) -> RunFolder:
+        missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
+        self.created = missing[-1] if missing else None  # the outermost folder this run creates
+        self._lock = self._acquire()
+        return self
+
+    def _acquire(self) -> int:
+        """Make the folder if need be and lock it (``flock`` on its lock file, never following a symlink)."""
         try:
-            missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
-            self.created = missing[-1] if missing else None  # the outermost folder this run creates
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_existed = (self.path / LOCK_FILE).exists() or (self.path / LOCK_FILE).is_symlink()
             # O_NOFOLLOW: a lock file that is a symlink must not make the run truncate the file it points to
@@ -334,8 +322,7 @@ class RunFolder:
         if replaced:  # the run that held it removed the lock file meanwhile (it never started): the folder moved on
             os.close(fd)
             raise SlamkitError(f"{self.path}: in use by another {self.holder} (it just started); choose another {self.key}")
-        self._lock = fd
-        return self
+        return fd
 
     def hold(self) -> None:
         """Say in the lock file who holds the folder (what a second run's error names)."""
@@ -345,11 +332,11 @@ class RunFolder:
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
-            if error is not None and self.started and self._replace:
-                self._detach_log()  # train_sft.log is the new run's: it goes with the rest of it
-                self._restore_replaced()
-            elif error is not None and self.started:
+            if error is not None and self.started:
                 self._mark_failed(error)
+            if error is not None and self.replaced is not None:
+                log.warning("overwrite=true: this run did not finish; the run it replaced is kept whole in %s",
+                            self.replaced)
             if error is not None and not self.started:
                 self.leave_as_found()
         finally:
@@ -388,7 +375,6 @@ class RunFolder:
                     f"{self.path}: {self.key} is, holds or lies inside the run's input {source}; a run writes "
                     f"(and overwrite=true replaces) what is in its folder: choose a folder apart from its inputs"
                 )
-        self.recover()
         entries = [p for p in self.path.iterdir() if p.name != LOCK_FILE]
         if not entries:
             self.hold()
@@ -426,9 +412,9 @@ class RunFolder:
                 "training_args.save_total_limit would delete with them; move those elsewhere first"
             )
         if overwrite:
-            self._replace = entries
-            log.info("overwrite=true: the run in %s (%s) is set aside when this run starts and deleted when it "
-                     "finishes (restored if it fails)", self.path, _describe(entries))
+            self._replace = True
+            log.info("overwrite=true: the run in %s (%s) is moved, whole, to a sibling folder when this run starts "
+                     "(and kept there: delete it when you no longer need it)", self.path, _describe(entries))
         elif cont_training and newest_complete_checkpoint(self.path) is None and (self.previous or {}).get("status") == "complete":
             raise SlamkitError(
                 f"{self.path}: cont_training=true, but its run finished and left no checkpoint to resume from; "
@@ -467,7 +453,7 @@ class RunFolder:
         archives = [resume / name for name in RESUME_STATE] + sorted(resume.glob("rng_state*.pth"))
         weights = sorted(resume.glob("model*.safetensors"))
         for path in archives + weights:
-            if not (_zip_is_whole(path) if path.suffix != ".safetensors" else _safetensors_is_whole(path)):
+            if not _is_whole(path):
                 raise SlamkitError(
                     f"{path}: damaged (truncated or overwritten), cannot resume from {resume.name}; "
                     f"delete {resume} to resume from the checkpoint before it, or start again with overwrite=true"
@@ -480,17 +466,18 @@ class RunFolder:
     def start(self, record: dict[str, Any], header: Sequence[str] = ()) -> None:
         """The run really starts (weights loaded): replace the old run if asked, mark the folder running, and log
         to ``train_sft.log`` from here on, starting with ``header`` (the lines the run printed before)."""
-        if self._replace:  # moved, not deleted: renames within the folder, restored if this run does not finish
-            aside = self.path / REPLACED
-            aside.mkdir()
-            self.started = True  # from here on a failure (a full disk writing the record below) restores the old run
-            for path in self._replace:
-                os.replace(path, aside / path.name)
-            (aside / ALL_MOVED).touch()  # from here on, the run files in the folder are this run's
+        if self._replace:
+            self._move_aside()
         for path in self._stale:
             log.warning("cont_training: deleting %s: incomplete (the run stopped while saving it)", path)
             shutil.rmtree(path)
-        write_record(self.path, {**record, "status": "running"})
+        try:
+            write_record(self.path, {**record, "status": "running"})
+        except SlamkitError as err:  # e.g. a full disk: say where the old run is now
+            if self.replaced is None:
+                raise
+            raise SlamkitError(f"{str(err).removesuffix('; nothing was changed')}; the run this one was to replace is "
+                               f"kept whole in {self.replaced}") from None
         self.started = True
         self._attach_log()
         for line in header:  # into the file only: the console has shown them already
@@ -498,68 +485,29 @@ class RunFolder:
             self._handler.handle(logging.makeLogRecord(entry))
 
     def finish(self, record: dict[str, Any]) -> None:
-        """The final weights and trainer_state.json are written: the record says so, last; then the run this one
-        replaced (overwrite=true) is deleted."""
+        """The final weights and trainer_state.json are written: the record says so, last."""
         make_readable(self.path, run_files=True)
         write_record(self.path, {**record, "status": "complete", "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-        if self._replace:
-            self._replace = []
-            self._discard_replaced()
 
-    def _discard_replaced(self) -> None:
-        """The replacing run finished: one rename makes the folder its own, then the replaced run is deleted (what
-        is left of it, if this is cut short, the next run into the folder deletes)."""
-        os.replace(self.path / REPLACED, self.path / DISCARD)
+    def _move_aside(self) -> None:
+        """overwrite=true, as this run starts: the old run becomes the sibling ``<folder>.replaced-<time>``, whole, in
+        one rename (a kill at any moment leaves it in one place or the other), and is never deleted; this run then
+        locks a new, empty folder of the old name."""
+        stamp = f"{self.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside = next(p for n in range(1, 1000) if not (p := self.path.with_name(stamp + f"-{n}" * (n > 1))).exists())
+        os.rename(self.path, aside)
+        self.replaced, old_lock, self._lock = aside, self._lock, None
         try:
-            shutil.rmtree(self.path / DISCARD)
-        except OSError as err:
-            log.warning("%s: could not delete the replaced run (%s)", self.path / DISCARD, err.strerror)
-
-    def _restore_replaced(self) -> None:
-        """This run (overwrite=true) failed or was interrupted after it started: what it wrote goes, the run it
-        replaced comes back."""
-        self._replace = []
-        self._put_back()
-        log.warning("overwrite=true: this run did not finish; the run it was replacing is restored in %s", self.path)
-
-    def _put_back(self) -> None:
-        """Delete the run files the replacing run wrote (its record first, so that a folder cut short here is
-        never taken for a finished run), then move the replaced run back; files that are not a run's stay."""
-        aside = self.path / REPLACED
-        if (aside / ALL_MOVED).exists():
-            written = [p for p in self.path.iterdir() if is_run_file(p)]
-            for path in sorted(written, key=lambda p: p.name != RUN_RECORD):
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            (aside / ALL_MOVED).unlink()  # from here on, the run files in the folder are the replaced run's
-        back = list(aside.iterdir())
-        clash = [p for p in back if (self.path / p.name).exists() or (self.path / p.name).is_symlink()]
-        if clash:
-            raise SlamkitError(
-                f"{self.path}: cannot move the replaced run back from {aside}: the folder also holds "
-                f"{_describe([self.path / p.name for p in clash])}; move those elsewhere and run again"
-            )
-        for path in back:
-            os.replace(path, self.path / path.name)
-        aside.rmdir()
-
-    def recover(self) -> None:
-        """Put right what an overwrite=true run killed outright (kill -9, a node failure) left behind; the lock is
-        held, so that run is gone. Killed after it finished: its replaced run is deleted, as it would have been.
-        Killed before: what it wrote goes and the run it replaced comes back, whole."""
-        if (self.path / DISCARD).is_dir():
-            shutil.rmtree(self.path / DISCARD)
-        aside = self.path / REPLACED
-        if not aside.is_dir():
-            return
-        record = read_record(self.path) if (aside / ALL_MOVED).exists() else None
-        if record is not None and record.get("status") == "complete":
-            self._discard_replaced()
-            log.warning("overwrite=true: the run that replaced the one in %s finished, but was killed before it "
-                        "deleted the old run; deleted it now", self.path)
-            return
-        self._put_back()
-        log.warning("overwrite=true: a run that was replacing the one in %s was killed before it finished; "
-                    "what it wrote is deleted and the run it was replacing is restored", self.path)
+            self._lock = self._acquire()
+        except SlamkitError as err:  # another run took the new folder meanwhile: it is theirs, leave it alone
+            self._lock_existed, self.created = True, None
+            raise SlamkitError(f"{err}; the run it held before is kept whole in {aside}") from None
+        finally:
+            os.close(old_lock)
+        os.unlink(aside / LOCK_FILE)  # the lock this run held there (the folder is the old run's only now)
+        self.hold()
+        log.warning("overwrite=true: the run that was in %s is now %s (kept whole: delete it when you no longer need "
+                    "it)", self.path, aside)
 
     def _mark_failed(self, error: BaseException) -> None:
         record = read_record(self.path) or {}
