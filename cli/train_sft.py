@@ -32,7 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from slamkit.config import SFTConfig, unknown_key_message
+from slamkit.config import SFTConfig, redact_command_line, unknown_key_message
 from slamkit.run_folder import read_record, write_record
 from slamkit.sweep import stopped_early
 from slamkit.training import train
@@ -56,7 +56,8 @@ def main(cfg: DictConfig) -> float | None:
         config: SFTConfig = OmegaConf.to_object(cfg)
         if sweep:  # every job of a sweep gets its own folder: <sweep dir>/<job number>, and a name that says what it ran
             config.training_args.output_dir = job.runtime.output_dir
-            config.training_args.run_name = config.training_args.run_name or f"job {job.job.num}: {' '.join(job.overrides.task)}"
+            overrides = " ".join(redact_command_line(job.overrides.task))
+            config.training_args.run_name = config.training_args.run_name or f"job {job.job.num}: {overrides}"
         accuracy = train(config, command_line=list(job.overrides.task)).eval_accuracy
         # a sweeper such as Optuna records a job that returns None as a failed trial; NaN would be a value
         return accuracy if accuracy is not None and math.isfinite(accuracy) else None
@@ -76,7 +77,8 @@ def main(cfg: DictConfig) -> float | None:
             logging.getLogger("slamkit").exception("job %s failed", job.job.num)
         folder = Path(job.runtime.output_dir)
         if read_record(folder) is None:  # failed before it started: the job's folder still says why
-            write_record(folder, {"status": "failed", "error": one_line(err), "command_line": list(job.overrides.task)})
+            write_record(folder, {"status": "failed", "error": one_line(err),
+                                  "command_line": redact_command_line(job.overrides.task)})
         return None
 
 
@@ -88,7 +90,7 @@ def added_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     for key, value in cfg.items_ex(resolve=False):
         if declared is not None and key not in declared:
             found.append(f"{prefix}{key}")
-        elif isinstance(value, DictConfig):
+        elif isinstance(value, DictConfig) and value._is_none() is False:  # peft: null is a DictConfig of None
             found += added_keys(value, f"{prefix}{key}.")
     return found
 
@@ -113,16 +115,22 @@ def config_error(err: Exception) -> str:
 
 
 def cli() -> None:
+    modes = [arg for arg in sys.argv[1:] if arg in ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "--run", "-r")]
+    if len({arg.lstrip("-")[0] for arg in modes}) > 1:  # Hydra would raise a ValueError of its own, after parsing
+        raise SlamkitError(f"{' and '.join(modes)}: one of -m (a sweep), --cfg (print the config) or --info at a time")
     try:
         main()
     except (HydraException, OmegaConfBaseException) as err:
         stopped_early(err)
         raise SlamkitError(config_error(err)) from None
+    except OSError as err:  # Hydra making a folder it was given (hydra.run.dir, hydra.sweep.dir) that cannot be made
+        stopped_early(err)
+        raise SlamkitError(f"{err.filename}: {err.strerror}") from None
     except (Exception, KeyboardInterrupt) as err:
         stopped_early(err)  # a sweep that stopped early (a sweeper that gave up, Ctrl-C) still ends in its summary
         raise
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises its errors instead of printing them: one line
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its errors instead of printing them: one line (ours)
     run_main(cli)

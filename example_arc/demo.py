@@ -18,6 +18,7 @@ Each step runs the real script in a subprocess.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import subprocess
@@ -41,9 +42,9 @@ DEMO_MARK = ".slamkit_demo"  # a folder the demo made, which the next demo may r
 # questions in RECIPE_EPOCHS passes (see docs/real_models.md for how the recipe was chosen).
 RECIPES = {
     "tiny": dict(title="tiny random Qwen3 (2 layers, hidden 64) - checks the plumbing, not science", epochs=3,
-                 learning_rate=3e-3, warmup_steps=0.03, bf16=False),
+                 learning_rate=3e-3, lora_learning_rate=3e-2, warmup_steps=0.03, bf16=False),
     REAL: dict(title="Qwen2.5-Coder-0.5B-Instruct (real weights) - what fine-tuning teaches it", epochs=3,
-               learning_rate=5e-5, warmup_steps=0.1, bf16=True),
+               learning_rate=5e-5, lora_learning_rate=5e-4, warmup_steps=0.1, bf16=True),
 }
 
 
@@ -96,16 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=float, default=None, help="default: the model's recipe")
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the model's recipe")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peft", choices=["none", "lora"], default="none",
+                        help="lora: train LoRA adapters (config/peft/lora.yaml) at the recipe's LoRA learning rate")
     args = parser.parse_args(argv)
     recipe = RECIPES[args.model]
     epochs = args.epochs if args.epochs is not None else recipe["epochs"]
-    learning_rate = args.learning_rate if args.learning_rate is not None else recipe["learning_rate"]
+    learning_rate = recipe["lora_learning_rate" if args.peft == "lora" else "learning_rate"]
+    learning_rate = args.learning_rate if args.learning_rate is not None else learning_rate
     run = Path(args.run_dir or ("demo_run_real" if args.model == REAL else "demo_run")).resolve()
-    if run.exists() and not (run / DEMO_MARK).is_file():
+    if run.exists() and any(run.iterdir()) and not (run / DEMO_MARK).is_file():
         raise SlamkitError(f"{run}: exists and is not a demo's folder (no {DEMO_MARK}); choose another --run_dir")
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
-    (run / DEMO_MARK).write_text("made by example_arc/demo.py; the next demo run replaces this folder\n")
+    run.mkdir(parents=True, exist_ok=True)
+    mark = open(run / DEMO_MARK, "a", encoding="utf-8")  # held (flock) while this demo runs: one demo per folder
+    try:
+        fcntl.flock(mark, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SlamkitError(f"{run}: another demo is running in it; wait for it, or choose another --run_dir") from None
+    mark.write("made by example_arc/demo.py; the next demo run replaces what is in this folder\n")
+    mark.flush()
+    for old in (p for p in run.iterdir() if p.name != DEMO_MARK):  # the previous demo's outputs
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     data, model_dir = run / "data", run / "arc_model"
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -131,18 +142,17 @@ def main(argv: list[str] | None = None) -> int:
         f"training_args.output_dir={model_dir}", f"model.base_model_name={base_model}",
         f"training_args.num_train_epochs={epochs}", f"training_args.learning_rate={learning_rate}",
         f"training_args.warmup_steps={recipe['warmup_steps']}", f"training_args.bf16={str(recipe['bf16']).lower()}",
-        "training_args.logging_steps=5", f"training_args.seed={args.seed}",
+        "training_args.logging_steps=5", f"training_args.seed={args.seed}", f"peft={args.peft}",
     )
-    checkpoints = sorted(model_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    timings["4b. eval_arc"] = run_step(
-        "step 4b", "example_arc/eval_arc.py", "--model_path", str(checkpoints[-1]), "--data_path", test,
+    timings["4b. eval_arc"] = run_step(  # the final weights (a LoRA run's: its merged model)
+        "step 4b", "example_arc/eval_arc.py", "--model_path", str(model_dir), "--data_path", test,
         "--batch_size", "16", "--output_dir", str(run / "eval_trained"),
     )
     base = json.loads((run / "eval_base" / "results.json").read_text())
     trained = json.loads((run / "eval_trained" / "results.json").read_text())
     print(f"\n=== slamkit demo: {recipe['title']}")
     print(f"{'model':<32} {'correct/n':>10} {'accuracy':>9} {'95% CI':>15} {'skipped':>8}")
-    for name, result in ((f"base ({base_model.name})", base), (f"fine-tuned ({checkpoints[-1].name})", trained)):
+    for name, result in ((f"base ({base_model.name})", base), (f"fine-tuned ({'LoRA' if args.peft == 'lora' else 'full'})", trained)):
         low, high = result["ci95"]
         print(f"{name:<32} {result['correct']:>4}/{result['total']:<5} {100 * result['accuracy']:>8.2f}% "
               f"{f'{100 * low:.1f}-{100 * high:.1f}%':>15} {result['skipped']:>8}")

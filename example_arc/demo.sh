@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
 # The offline demo: steps 1-4 on the bundled ARC-Easy sample with a tiny Qwen3 (no network, ~1 min on 2 CPU cores).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec python example_arc/demo.py "$@"
+exec python "$(dirname "$0")/demo.py" "$@"

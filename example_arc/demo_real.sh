@@ -3,6 +3,5 @@
 # gguf), fine-tuned on the 400 bundled ARC-Easy training questions, scored on the same 200 held-out test questions
 # before and after. About 30 minutes on 2 CPU cores (docs/real_models.md has the measured times).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec python example_arc/demo.py --model qwen2.5-coder-0.5b-instruct "$@"
+exec python "$(dirname "$0")/demo.py" --model qwen2.5-coder-0.5b-instruct "$@"

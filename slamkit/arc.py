@@ -45,6 +45,8 @@ def letters_for(labels: list[str]) -> tuple[list[str], bool]:
             raise ValueError(f"repeated choice labels {labels}")
         return list(labels), False
     if all(label.isdigit() for label in labels):
+        if len(labels) > len(LETTERS):
+            raise ValueError(f"{len(labels)} numeric choice labels: more than the {len(LETTERS)} letters A..Z")
         numbers = [int(label) for label in labels]
         if numbers != list(range(1, len(labels) + 1)):
             raise ValueError(f"numeric choice labels {labels} are not 1..{len(labels)}")

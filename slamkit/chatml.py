@@ -59,19 +59,9 @@ PROMPT_FORMATS = ("seed", "chat_template")
 _PLACEHOLDER = " \nSLAMKIT-USER-TEXT-8f14e45f\n "
 
 
-def render_prompt(user_text: str, fmt: PromptFormat = SEED_FORMAT) -> str:
-    """The text the model reads before it answers: the user turn and the assistant's role header."""
-    return fmt.prompt(user_text)
-
-
 def render_completion(assistant_text: str) -> str:
     """The supervised text: the answer and the closing ``<|im_end|>``."""
     return f"{assistant_text}{IM_END}"
-
-
-def render_example(user_text: str, assistant_text: str, fmt: PromptFormat = SEED_FORMAT) -> str:
-    """A whole training example: prompt + completion."""
-    return fmt.example(user_text, assistant_text)
 
 
 def chat_template_format(tokenizer) -> PromptFormat:

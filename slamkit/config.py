@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +193,28 @@ class SpeedSettings:
 
 
 @dataclass
+class LoraSettings:
+    """LoRA through peft (``peft=lora``: config/peft/lora.yaml): adapters of rank ``r`` on ``target_modules``, the
+    base weights frozen. ``all-linear``: every linear layer of the decoder (not the LM head)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: Any = "all-linear"  # "all-linear" or a list of module names (q_proj, v_proj, ...)
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise SlamkitError(f"peft: r={self.r}, alpha={self.alpha}, dropout={self.dropout}: r and alpha must be "
+                               "above 0 and dropout in [0, 1)")
+        names = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise SlamkitError(f"peft.target_modules={self.target_modules!r}: must be all-linear or a list of module names")
+
+    def describe(self) -> str:
+        return f"LoRA r={self.r} alpha={self.alpha} dropout={self.dropout} on {self.target_modules}"
+
+
+@dataclass
 class SFTConfig:
     """One training run: what ``config/train_sft.yaml`` composes and :func:`slamkit.training.train` runs."""
 
@@ -200,8 +223,10 @@ class SFTConfig:
     training_args: TrainingArgumentsSettings = field(default_factory=TrainingArgumentsSettings)
     speed: SpeedSettings = field(default_factory=SpeedSettings)
     cont_training: bool = False  # resume the run in training_args.output_dir from its newest complete checkpoint
-    overwrite: bool = False  # replace the run in training_args.output_dir (deletes it when the new run starts)
+    overwrite: bool = False  # replace the run in training_args.output_dir (moved, whole, to <folder>.replaced-<time>)
     accept_changed_settings: bool = False  # resume although settings that matter differ from the folder's run
+    peft: LoraSettings | None = None  # None: full fine-tuning (config/peft/none.yaml); peft=lora: LoRA adapters
+    memory_check: bool = True  # false: run even when the memory plan says the run will not fit
 
     def __post_init__(self) -> None:
         if self.cont_training and self.overwrite:
@@ -210,6 +235,20 @@ class SFTConfig:
             self.training_args = training_arguments_settings(**self.training_args)
         if not self.training_args.output_dir:
             raise SlamkitError("training_args.output_dir is required: the folder of this run")
+        self.training_args.output_dir = os.path.expanduser(self.training_args.output_dir)  # "~/runs/x": not a "~"
+
+
+REDACTED = "<redacted>"
+
+
+def is_secret(key: str) -> bool:
+    """A setting that holds a credential: transformers' own rule (``TrainingArguments.to_dict`` hides ``*_token``)."""
+    return key.rsplit(".", 1)[-1].lstrip("+~").endswith("_token")
+
+
+def redact_command_line(command_line: Sequence[str]) -> list[str]:
+    """The overrides as given, a secret's value replaced (``training_args.hub_token=<redacted>``)."""
+    return [f"{item.split('=', 1)[0]}={REDACTED}" if is_secret(item.split("=", 1)[0]) else item for item in command_line]
 
 
 def config_keys() -> list[str]:

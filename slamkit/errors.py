@@ -25,40 +25,52 @@ class Interrupted(SlamkitError):
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a script's ``main`` and turn a :class:`SlamkitError` into ``error: <message>`` and exit code 2.
 
-    Ctrl-C is one line and exit code 130 (every output is written to a temporary file first, so nothing half-written
-    is left). Anything else is a bug and keeps its traceback.
+    Ctrl-C (SIGINT) and SIGTERM (``kill``, a scheduler's preemption) stop any step the same way: a KeyboardInterrupt
+    raised where the step is, so that what it holds is let go and its outputs (written to temporary files first)
+    never appear half-written; one line, exit code 130 or 143. Anything else is a bug and keeps its traceback.
     """
     import signal
 
+    def stop(number, frame):
+        raise KeyboardInterrupt(signal.Signals(number).name)
+
     if signal.getsignal(signal.SIGINT) is _stop_while_starting:  # started: Ctrl-C is a KeyboardInterrupt again
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_IGN:  # a process started with it ignored keeps ignoring it
+        signal.signal(signal.SIGTERM, stop)
     try:
         code = main()
     except SlamkitError as err:
         print_error(err)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C in a step with nothing to record: one line, not a traceback
-        print_error(SlamkitError("interrupted (SIGINT); nothing was written"))
-        sys.exit(128 + signal.SIGINT)
+    except KeyboardInterrupt as err:  # a step with nothing to record: one line, not a traceback
+        name = str(err) if str(err) in ("SIGINT", "SIGTERM") else "SIGINT"
+        print_error(SlamkitError(f"interrupted ({name}); nothing was written"))
+        sys.exit(128 + getattr(signal, name))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     sys.exit(code or 0)
 
 
 def one_line_on_ctrl_c() -> None:
-    """Ctrl-C before :func:`run_main` is reached, while a script still imports torch and transformers (seconds):
-    one line and exit status 130, instead of a traceback through the import machinery (or, when the interrupt lands
-    inside torch's C++ start-up, an abort). Nothing has been written yet, so the process ends at once.
-    ``run_main`` puts Python's own handler back. Scripts call this first, when run as ``__main__``; a process that
+    """Ctrl-C or SIGTERM before :func:`run_main` is reached, while a script still imports torch and transformers
+    (seconds): one line and exit status 130 or 143, instead of a traceback through the import machinery (or, when the
+    interrupt lands inside torch's C++ start-up, an abort). Nothing has been written yet, so the process ends at once.
+    ``run_main`` puts its own handlers in place. Scripts call this first, when run as ``__main__``; a process that
     was started with SIGINT ignored (a background job) keeps ignoring it."""
     import signal
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _stop_while_starting)
+    signal.signal(signal.SIGTERM, _stop_while_starting)
 
 
 def _stop_while_starting(number, frame) -> None:
     import os
+    import signal
 
-    sys.stderr.write("error: interrupted (SIGINT) while starting; nothing was written\n")
+    sys.stderr.write(f"error: interrupted ({signal.Signals(number).name}) while starting; nothing was written\n")
     sys.stderr.flush()
     os._exit(128 + number)
 

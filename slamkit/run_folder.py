@@ -46,7 +46,7 @@ RUN_FILES = re.compile(
     r"checkpoint-\d+|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|pytorch_model\.bin|config\.json|"
     r"generation_config\.json|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
     r"merges\.txt|chat_template\.jinja|training_args\.bin|trainer_state\.json|all_results\.json|train_results\.json|"
-    r"eval_results\.json|slamkit_run\.yaml|train_sft\.log|training_curves\.png|runs|wandb|README\.md"
+    r"eval_results\.json|slamkit_run\.yaml|train_sft\.log|training_curves\.png|runs|wandb|README\.md|adapter"
 )
 # ... and what the Trainer adds inside a checkpoint-N/ (optimizer, schedule, RNG, sharded FSDP state, adapters)
 CHECKPOINT_FILES = re.compile(
@@ -57,7 +57,7 @@ MODEL_CARD_TAG = "generated_from_trainer"  # in the README.md the Trainer writes
 LOG_FILE = "train_sft.log"
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
 RESUME_STATE = ("optimizer.pt", "scheduler.pt")  # what resuming needs beside the weights (torch.save zip files)
 
 # Settings that must match to resume a run (dotted paths in the record); others (logging, saving, eval) may change.
@@ -71,7 +71,7 @@ RESUME_KEYS = (
     "config.training_args.label_smoothing_factor", "config.training_args.adam_beta1", "config.training_args.adam_beta2",
     "config.training_args.adam_epsilon", "config.training_args.optim_args", "config.training_args.lr_scheduler_kwargs",
     "config.training_args.data_seed", "config.training_args.train_sampling_strategy", "effective.bf16",
-    "effective.global_batch",
+    "effective.global_batch", "config.peft",
 )
 # The data paths as written may differ (relative or absolute, another spelling) while the files are the same ones:
 # for those the contents decide (data.*.sha256).
@@ -309,11 +309,11 @@ class RunFolder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            kind, _, holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip().rpartition(": pid ")
             os.close(fd)
             raise SlamkitError(
-                f"{self.path}: in use by another {self.holder} ({holder}); wait for it to finish or choose another "
-                f"{self.key}"
+                f"{self.path}: in use by another {kind or self.holder} ({'pid ' + holder if holder else 'a process'}); "
+                f"wait for it to finish or choose another {self.key}"
             ) from None
         try:
             replaced = os.fstat(fd).st_ino != os.stat(self.path / LOCK_FILE).st_ino
@@ -326,9 +326,13 @@ class RunFolder:
 
     def hold(self) -> None:
         """Say in the lock file who holds the folder (what a second run's error names)."""
-        holder = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        os.ftruncate(self._lock, 0)
-        os.pwrite(self._lock, holder.encode() + b"\n", 0)
+        holder = f"{self.holder}: pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        try:
+            os.ftruncate(self._lock, 0)
+            os.pwrite(self._lock, holder.encode() + b"\n", 0)
+        except OSError as err:  # a full disk: the lock holds all the same, only its note is missing
+            raise SlamkitError(f"{self.path / LOCK_FILE}: {err.strerror.lower()} while writing; nothing else was "
+                               "changed") from None
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
@@ -440,6 +444,10 @@ class RunFolder:
         resume = newest_complete_checkpoint(self.path)
         newer = [p for p in checkpoints(self.path) if resume is None or checkpoint_step(p) > checkpoint_step(resume)]
         self._stale = [p for p in newer if not checkpoint_is_complete(p)]
+        kept = [p for p in foreign_files(self._stale) if p.parent in self._stale]
+        if kept:  # the incomplete checkpoints go when the run starts: never with a file the run did not write
+            raise SlamkitError(f"{self.path}: cont_training=true deletes the incomplete checkpoints, which also hold "
+                               f"what no run writes ({_describe(kept)}); move those elsewhere first")
         if resume is None:
             log.info("cont_training: no complete checkpoint in %s yet, starting from the beginning", self.path)
             return None

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
+from slamkit.config import is_secret
 from slamkit.errors import EXIT_BAD_INPUT, Interrupted, SlamkitError, one_line, print_error
 from slamkit.evaluation import wilson_interval
 from slamkit.jsonl import output_set
@@ -201,6 +203,18 @@ def preflight(config) -> None:
             f"{sweeper.rsplit('.', 1)[-1]} searches for the best final validation accuracy, and data.val_path is not "
             "set: without validation no trial has a value; set data.val_path"
         )
+    sweep = config.hydra.sweep
+    subdir = str(OmegaConf.to_container(sweep, resolve=False)["subdir"])  # as written: ${hydra.job.num} unfilled
+    if str(sweep.dir).startswith("~") or subdir.startswith(("/", "~")) or ".." in Path(subdir).parts:
+        raise SlamkitError(
+            f"hydra.sweep.dir={sweep.dir}, hydra.sweep.subdir={subdir}: every job's folder must lie inside the sweep "
+            "folder (no '..', no absolute subdir), and Hydra does not expand '~': write the path out"
+        )
+    for override in OmegaConf.to_container(config.hydra.overrides.task, resolve=False):  # as given: multirun.yaml
+        key, _, value = override.partition("=")
+        if is_secret(key) and "${" not in value:
+            raise SlamkitError(f"{key}: a secret on a sweep's command line would be written into multirun.yaml; pass "
+                               f"it through the environment: '{key}=${{oc.env:HF_TOKEN}}'")
     launcher = str(config.hydra.launcher.get("_target_", ""))
     if launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
         raise SlamkitError(

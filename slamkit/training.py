@@ -19,9 +19,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,9 +34,9 @@ from safetensors import SafetensorError
 from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from slamkit import __version__
+from slamkit import __version__, memory
 from slamkit.chatml import IGNORE_INDEX, PromptFormat, chatml_ids
-from slamkit.config import SFTConfig, SpeedSettings
+from slamkit.config import REDACTED, SFTConfig, SpeedSettings, is_secret, redact_command_line
 from slamkit.data import SFTCollator, TokenDataset, TokenRow, expand_paths, load_token_rows, rows_prompt_format
 from slamkit.errors import Interrupted, SlamkitError, first_line
 from slamkit.evaluation import letter_choice
@@ -113,7 +113,7 @@ def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation
         log.info("precision: %s on CUDA (%s)", precision, torch.cuda.get_device_name())
     else:
         changes["use_cpu"] = True
-        if not settings.use_cpu:
+        if not settings.use_cpu and os.environ.get("RANK", "0") == "0":  # once, not once per process
             log.warning("warning: %s", no_cuda_reason())
         if settings.bf16 and speed.cpu_bf16 == "auto" and not cpu_native_bf16():
             changes["bf16"] = False
@@ -152,8 +152,6 @@ def build_training_arguments(settings: Any, speed: SpeedSettings, has_validation
 
 def no_cuda_reason() -> str:
     """Why a run that did not ask for the CPU got it, and what to check: on a cluster, an hours-long surprise."""
-    import os
-
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         cause = f"CUDA_VISIBLE_DEVICES is {visible!r}, which hides every GPU"
@@ -179,8 +177,6 @@ def check_trainer_settings(args: TrainingArguments) -> None:
 
     The settings slamkit cannot serve are named first; then :func:`rehearse_trainer` lets transformers check the
     rest with its own code."""
-    import os
-
     from transformers.utils import import_utils
 
     def refuse(key: str, what: str) -> None:
@@ -326,6 +322,11 @@ class BatchPlan:
 
 
 def batch_plan(args: TrainingArguments, settings: Any, rows: int) -> BatchPlan:
+    if args.dataloader_drop_last and rows < args.per_device_train_batch_size * args.world_size:
+        raise SlamkitError(
+            f"training_args.dataloader_drop_last=true drops every row: {rows} training rows are fewer than one "
+            f"micro-batch ({args.per_device_train_batch_size} x {args.world_size} processes)"
+        )
     return BatchPlan(
         rows=rows, world_size=args.world_size, per_device=args.per_device_train_batch_size,
         accumulation=args.gradient_accumulation_steps, requested_per_device=settings.per_device_train_batch_size,
@@ -392,28 +393,30 @@ class SFTTrainer(Trainer):
 
     def _save(self, output_dir=None, state_dict=None):
         # Weights-only checkpoints in the base model's dtype: a float32-trained Qwen3-0.6B saves 1.2 GB instead of
-        # 2.4 GB, about as fast (bench/README.md). The training state itself stays float32.
-        if self.save_dtype is not None:
+        # 2.4 GB, about as fast (bench/README.md). The training state itself stays float32. (A LoRA run saves its
+        # adapter alone, as trained: save_final casts the merged model.)
+        cast_to = None if hasattr(self.model, "merge_and_unload") else self.save_dtype
+        if cast_to is not None:
             cast: dict[tuple, torch.Tensor] = {}  # one copy per tensor, so that tied weights stay tied (saved once)
             source = state_dict if state_dict is not None else self.model.state_dict()
             state_dict = {}
             for name, tensor in source.items():
                 key = (tensor.data_ptr(), tensor.shape, tensor.stride())
                 if tensor.is_floating_point() and key not in cast:
-                    cast[key] = tensor.to(self.save_dtype)
+                    cast[key] = tensor.to(cast_to)
                     if not bool(torch.isfinite(cast[key]).all()):  # float16 overflows above 65,504
                         raise NonFiniteError(
-                            f"weight {name} is not finite in model.save_dtype={str(self.save_dtype).removeprefix('torch.')} "
+                            f"weight {name} is not finite in model.save_dtype={str(cast_to).removeprefix('torch.')} "
                             "(it is in the trained weights): nothing was saved; use model.save_dtype=bfloat16 or null"
                         )
                 state_dict[name] = cast.get(key, tensor)
         with secrets_hidden(self.args):  # training_args.bin is the TrainingArguments object, pickled
             super()._save(output_dir, state_dict)
-        if self.save_dtype is not None and self.args.should_save:
+        if cast_to is not None and self.args.should_save:
             # save_pretrained wrote the dtype of the weights in memory (float32) into config.json; the file must say
             # what the saved tensors are, so that dtype="auto" (and vLLM's --dtype auto) loads them as they are.
             config = self.model.config
-            trained, config.dtype = config.dtype, str(self.save_dtype).removeprefix("torch.")
+            trained, config.dtype = config.dtype, str(cast_to).removeprefix("torch.")
             try:
                 config.save_pretrained(output_dir if output_dir is not None else self.args.output_dir)
             finally:
@@ -608,19 +611,6 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-REDACTED = "<redacted>"
-
-
-def is_secret(key: str) -> bool:
-    """A setting that holds a credential: transformers' own rule (``TrainingArguments.to_dict`` hides ``*_token``)."""
-    return key.rsplit(".", 1)[-1].lstrip("+~").endswith("_token")
-
-
-def redact_command_line(command_line: Sequence[str]) -> list[str]:
-    """The overrides as given, a secret's value replaced (``training_args.hub_token=<redacted>``)."""
-    return [f"{item.split('=', 1)[0]}={REDACTED}" if is_secret(item.split("=", 1)[0]) else item for item in command_line]
-
-
 @contextlib.contextmanager
 def secrets_hidden(args: TrainingArguments):
     """While the block writes ``args`` somewhere (the Trainer's training_args.bin), its secrets are blank."""
@@ -688,25 +678,6 @@ def check_rows_match_tokenizer(rows: Sequence[TokenRow], tokenizer, where: str, 
             )
 
 
-@contextlib.contextmanager
-def signals_stop_the_run():
-    """SIGTERM (``kill``, a scheduler's preemption) stops a run as Ctrl-C does: as a KeyboardInterrupt raised where
-    the run is, so the run folder records it and the line says what can resume. Main thread only (signals are
-    delivered there); elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(number, frame):
-        raise KeyboardInterrupt(signal.Signals(number).name)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def interrupted(err: KeyboardInterrupt, output_dir: Path, step: int | None) -> Interrupted:
     """The one line for a run stopped by a signal, with what can resume it."""
     name = str(err) or "SIGINT"
@@ -763,6 +734,7 @@ def prepare(config: SFTConfig, args: TrainingArguments, folder: RunFolder | None
         check_rows_match_tokenizer(checked, tokenizer, name, model.tokenizer_name)
     fmt = rows_prompt_format(groups, tokenizer)
     plan = batch_plan(args, config.training_args, len(train_rows))
+    memory = check_memory(config, args, model_config, plan, train_rows)
     header = [
         f"command line: {' '.join(redact_command_line(command_line)) or '(none)'}",
         f"data: {len(train_rows)} training rows" + (f", {len(val_rows)} validation rows" if val_rows else "")
@@ -773,11 +745,30 @@ def prepare(config: SFTConfig, args: TrainingArguments, folder: RunFolder | None
         log.info("%s", line)
     data_record = {"train": _data_record(train_files, train_rows), "validation": _data_record(val_files, val_rows)}
     record = run_record(config, args, plan, data_record, command_line, fmt)
+    record["effective"].update(trained=config.peft.describe() if config.peft else "every weight (full fine-tuning)",
+                               parameters=memory.parameters, trained_parameters=memory.trained)
     if folder is not None:
         resume_from = folder.resume_point(record, config.cont_training, config.accept_changed_settings)
     else:
         resume_from = newest_complete_checkpoint(Path(args.output_dir)) if config.cont_training else None
     return PreparedRun(tokenizer, train_rows, val_rows, record, header, resume_from)
+
+
+def check_memory(config: SFTConfig, args: TrainingArguments, model_config, plan: BatchPlan, rows) -> memory.Plan:
+    """The memory plan of this run (slamkit.memory), from the model's config, before any weight is read."""
+    if config.peft is not None:
+        from transformers.utils import is_peft_available
+
+        if not is_peft_available():
+            raise SlamkitError("peft=lora needs the peft package: pip install -e '.[lora]'")
+    tokens = round(plan.per_device * sum(len(row.input_ids) for row in rows) / len(rows))
+    setup = memory.Setup(
+        weight_bytes=parse_dtype(config.model.dtype).itemsize, activation_bytes=2 if args.bf16 else 4,
+        optimizer=_name(args.optim), tokens=tokens, accumulation=plan.per_device // plan.requested_per_device,
+        processes=args.world_size if args.fsdp else 1, local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        checkpointing=args.gradient_checkpointing, lora_rank=config.peft.r if config.peft else None,
+    )
+    return memory.check(model_config, setup, args.device.type, enforce=config.memory_check)
 
 
 @contextlib.contextmanager
@@ -794,6 +785,19 @@ def disk_errors_stop_the_run(output_dir: Path):
             f"{output_dir}: {reason} while saving; the run stopped, its complete checkpoints are intact "
             "(cont_training=true resumes from the newest)"
         ) from None
+
+
+def save_final(trainer: SFTTrainer, output_dir: Path) -> None:
+    """The final weights, a plain HF model; a LoRA run's adapter goes to ``adapter/`` and its merged model here (an
+    adapter_config.json beside config.json would make from_pretrained look for the base model)."""
+    if hasattr(trainer.model, "merge_and_unload"):  # a peft model
+        trainer.save_model(str(output_dir / "adapter"))
+        merged = trainer.model.merge_and_unload()
+        merged.to(trainer.save_dtype or merged.dtype).save_pretrained(output_dir)
+        trainer.processing_class.save_pretrained(output_dir)
+    else:
+        trainer.save_model(str(output_dir))
+    trainer.save_state()  # trainer_state.json (the log history) beside the final weights
 
 
 def record_the_run(folder: RunFolder, trainer: SFTTrainer, record: dict[str, Any]) -> None:
@@ -820,12 +824,12 @@ def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
     """
     args = build_training_arguments(config.training_args, config.speed, has_validation=config.data.val_path is not None)
     output_dir = Path(args.output_dir)
-    with signals_stop_the_run(), RunFolder(output_dir) if args.process_index == 0 else contextlib.nullcontext() as folder:
+    with RunFolder(output_dir) if args.process_index == 0 else contextlib.nullcontext() as folder:
         trainer = None  # rank 0 holds the folder (folder is None elsewhere)
         try:
             run = prepare(config, args, folder, command_line)
             set_seed(args.seed)
-            model = build_model(config.model, tokenizer_size=len(run.tokenizer), resume_from=run.resume_from)
+            model = build_model(config.model, len(run.tokenizer), run.resume_from, config.peft)
             trainer = build_trainer(
                 model, args, run.train_rows, run.val_rows, tokenizer=run.tokenizer, speed=config.speed,
                 run_record=run.record, save_dtype=parse_dtype(config.model.save_dtype)
@@ -836,11 +840,10 @@ def train(config: SFTConfig, command_line: Sequence[str] = ()) -> TrainResult:
             with disk_errors_stop_the_run(output_dir):
                 trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
                 check_finite_weights(trainer.model, f"{output_dir} (final weights)")
-                trainer.save_model(str(output_dir))
-                trainer.save_state()  # trainer_state.json (the log history) beside the final weights
+                save_final(trainer, output_dir)
             if folder is not None:
                 record_the_run(folder, trainer, run.record)
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (signals_stop_the_run): one line, the record says so
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.run_main): one line, the record says so
             raise interrupted(err, output_dir, trainer.state.global_step if trainer is not None else None) from None
     metrics = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), {})
     return TrainResult(output_dir, trainer.state.global_step, {k: v for k, v in metrics.items() if k.startswith("eval_")})

@@ -124,3 +124,37 @@ def in_small_tmpfs(size: str, script: str, options: str = "") -> subprocess.Comp
     if done.returncode == 99:
         pytest.skip("cannot mount a tmpfs here")
     return done
+
+
+def hub_unreachable_env(cache: Path) -> dict[str, str]:
+    """The environment of a user who set none of the offline switches (HF_HUB_OFFLINE, ...) and whose Hugging Face
+    cache (under ``cache``) is empty, for a test of what happens without network; the test is skipped where the
+    hub answers."""
+    import socket
+
+    import pytest
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        pass
+    else:
+        pytest.skip("the Hugging Face hub is reachable from here: this checks a machine without network")
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_ENV and not k.startswith("HF_")}
+    return {**env, "HF_HOME": str(cache), "PYTHONIOENCODING": "utf-8", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def every_byte_string(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (by its relative path) as bytes, and each member of a zip archive (torch.save's
+    training_args.bin, an optimizer state) decompressed as ``path!member``: where a secret pickled inside is found,
+    whatever the archive's compression."""
+    import zipfile
+
+    found = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        found[str(path.relative_to(folder))] = path.read_bytes()
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    found[f"{path.relative_to(folder)}!{member}"] = archive.read(member)
+    return found

@@ -311,3 +311,34 @@ def test_two_evaluations_into_one_folder_at_once_the_second_stops_naming_the_fir
     assert not folder.exists()
     assert eval_arc.main(argv) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["confusion_matrix.png", "predictions.jsonl", "results.json"]
+
+
+def test_resume_from_checkpoint_is_refused_pointing_to_cont_training(tiny_model, sample_tokens, tmp_path):
+    """training_args.resume_from_checkpoint (which the Trainer never reads: a run resumes its own folder) stops with
+    one line naming the key and cont_training, before the output folder is created."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(f"model.base_model_name={tiny_model}", f"data.train_path={sample_tokens['train']}",
+                           "data.val_path=null", "training_args.eval_strategy=no", f"training_args.output_dir={out}",
+                           f"training_args.resume_from_checkpoint={tmp_path / 'old' / 'checkpoint-3'}")
+    assert code == 2, err
+    line = err.splitlines()[-1]
+    assert line.startswith("error: training_args.resume_from_checkpoint") and "cont_training" in line
+    assert "Traceback" not in err and not out.exists() and sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["training_args.save_strategy=best", "training_args.metric_for_best_model=eval_accuracy"], "save_strategy=best"),
+    (["training_args.load_best_model_at_end=true", "training_args.save_strategy=no"], "load_best_model_at_end=true"),
+    (["training_args.metric_for_best_model=eval_accuracy"], "metric_for_best_model=eval_accuracy"),
+])
+def test_what_only_a_validation_feeds_is_refused_without_one(tiny_model, sample_tokens, tmp_path, overrides, key):
+    """save_strategy=best, load_best_model_at_end=true and metric_for_best_model without validation (no val_path,
+    eval_strategy=no) would silently do nothing: each is one line naming the key, before the folder is claimed."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(f"model.base_model_name={tiny_model}", f"data.train_path={sample_tokens['train']}",
+                           "data.val_path=null", "training_args.eval_strategy=no", f"training_args.output_dir={out}",
+                           *overrides)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and lines[-1].startswith(f"error: training_args.{key}"), err
+    assert "validation" in lines[-1] and "Traceback" not in err
+    assert not out.exists()

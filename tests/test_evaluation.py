@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import build_tiny_qwen3
+from test_bad_input import fails
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from slamkit.arc import read_conversations
@@ -90,7 +92,8 @@ def test_eval_script_scores_every_question_and_writes_results(sample_test, tiny,
 def test_seed_smoke_command_scores_the_first_100_in_file_order(sample_test, tiny, tmp_path, load_script, capsys):
     """The seed's `eval_arc_base.py ... --batch_size 16 --max_problems 100` (local model; in-process, as its
     __main__ runs it: bench/gpu_check.py's test runs step 4 as a process) scores exactly the first 100
-    questions, 6 of them with numeric labels, and exits 0."""
+    questions, 6 of them with numeric labels, and exits 0; results.json counts the float32 ties ("ties", and
+    "ties_norm" for cloze scoring) and each predictions line says whether it is one ("tie")."""
     out = tmp_path / "base"
     code = load_script("example_arc/eval_arc_base.py").main(
         ["--model_name", str(tiny), "--data_path", str(sample_test), "--batch_size", "16", "--max_problems", "100",
@@ -98,8 +101,19 @@ def test_seed_smoke_command_scores_the_first_100_in_file_order(sample_test, tiny
     )
     printed = capsys.readouterr().out
     assert code == 0 and "/100 = " in printed and "skipped: 0" in printed
-    ids = [json.loads(x)["id"] for x in (out / "predictions.jsonl").read_text().splitlines()]
-    assert ids == [r["id"] for r in read_conversations(sample_test)[:100]]
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [line["id"] for line in lines] == [r["id"] for r in read_conversations(sample_test)[:100]]
+    # float32 ties are counted, not hidden: results.json's "ties" is the number of lines with "tie": true
+    results = json.loads((out / "results.json").read_text())
+    assert all(isinstance(line["tie"], bool) for line in lines)
+    assert type(results["ties"]) is int and results["ties"] == sum(line["tie"] for line in lines)
+    cloze = tmp_path / "cloze"
+    assert load_script("example_arc/eval_arc_base.py").main(
+        ["--model_name", str(tiny), "--data_path", str(sample_test), "--scoring", "cloze", "--max_problems", "8",
+         "--output_dir", str(cloze)]
+    ) == 0
+    results = json.loads((cloze / "results.json").read_text())
+    assert type(results["ties"]) is int and type(results["ties_norm"]) is int and results["total"] == 8
 
 
 def test_checkpoint_without_tokenizer_falls_back_and_says_so(sample_test, tiny, tmp_path, load_script, capsys):
@@ -172,3 +186,23 @@ def test_cloze_pairs_are_split_as_the_harness_splits_them(qwen_tokenizer):
     ((head, tail),) = encode_pairs(qwen_tokenizer, ["Answer: "], ["water"])
     assert head == qwen_tokenizer("Answer:", add_special_tokens=False)["input_ids"]
     assert tail == qwen_tokenizer("Answer: water", add_special_tokens=False)["input_ids"][len(head):]
+
+
+def test_a_question_longer_than_the_models_context_is_refused_naming_it(sample_test, load_script, tmp_path, capsys):
+    """A model with a 160-token context and a question whose prompt is longer: eval_arc_base.py stops with one line
+    naming that question's id and the context (positions it was never trained on would be scored) and writes nothing."""
+    context = 160
+    model = build_tiny_qwen3(tmp_path / "short_context", max_position_embeddings=context)
+    short, long = (json.loads(line) for line in sample_test.read_text().splitlines()[:2])
+    long["user_text"] = long["user_text"].replace("\n", " " + "and then some more words " * 30 + "\n", 1)
+    data = tmp_path / "questions.jsonl"
+    data.write_text(json.dumps(short) + "\n" + json.dumps(long) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    lengths = [len(tokenizer(record["user_text"])["input_ids"]) for record in (short, long)]
+    assert lengths[0] < context - 20 and lengths[1] > context  # the ChatML wrapper adds fewer than 20 tokens
+    out = tmp_path / "eval"
+    argv = ["--model_name", str(model), "--data_path", str(data), "--device", "cpu", "--dtype", "float32",
+            "--output_dir", str(out)]
+    line = fails(capsys, lambda: load_script("example_arc/eval_arc_base.py").main(argv), after_bar="Loading weights")
+    assert line.startswith(f"error: question {long['id']}: ") and str(context) in line
+    assert not out.exists()

@@ -48,12 +48,13 @@ def test_cpu_bf16_takes_only_its_two_values():
         SpeedSettings(cpu_bf16="yes")
 
 
-@pytest.mark.parametrize(("native", "expected"), [(False, torch.float32), (True, torch.bfloat16)])
-def test_evaluation_dtype_auto_follows_the_cpu(monkeypatch, native, expected):
-    """--dtype auto on the CPU: bfloat16 where the CPU has it natively, float32 elsewhere; explicit dtypes stay."""
+@pytest.mark.parametrize("native", [False, True])
+def test_evaluation_dtype_auto_is_float32_on_every_cpu(monkeypatch, native):
+    """--dtype auto evaluates in float32 whether or not the CPU has native bf16 (a float32 scorer's figures);
+    explicit dtypes stay."""
     monkeypatch.setattr("slamkit.model.cpu_native_bf16", lambda: native)
-    assert choose_dtype("auto", torch.device("cpu")) == expected
-    assert choose_dtype("float32", torch.device("cpu")) == torch.float32
+    assert choose_dtype("auto", torch.device("cpu")) == torch.float32
+    assert choose_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
 
 
 def replay(losses, learning_rate=2e-5):

@@ -176,3 +176,25 @@ def test_unwritable_output_path_is_a_one_line_error(step1, sample_dir, tmp_path,
     assert caught.value.code == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {blocker / 'out'}/arc_easy_train.jsonl: cannot write output")
+
+
+def test_the_hub_without_network_fails_within_seconds_naming_the_bundled_sample(tmp_path):
+    """Step 1 from the hub (no --source) on a machine where the hub does not answer (no HF_HUB_OFFLINE set, empty
+    cache): exit 2 in seconds with one error line naming --source example_arc/sample; nothing is written."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO, hub_unreachable_env
+
+    env = hub_unreachable_env(tmp_path / "hf_cache")
+    out = tmp_path / "out"
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(REPO / SCRIPT), "--output_dir", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    seconds = time.monotonic() - start
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert seconds < 20, f"{seconds:.1f} s"
+    assert "--source example_arc/sample" in errors[0] and "Traceback" not in done.stderr
+    assert not out.exists()

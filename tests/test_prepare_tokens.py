@@ -60,11 +60,11 @@ def test_sample_train_rows(train_rows):
 
 def test_rows_match_in_process_tokenizer(train_rows, qwen_tokenizer):
     """Each row's input_ids are exactly the bundled tokenizer's encoding of the rendered ChatML conversation."""
-    from slamkit.chatml import render_example
+    from slamkit.chatml import SEED_FORMAT
 
     conversations, rows = train_rows
     for conversation, row in zip(conversations[:50], rows[:50], strict=True):
-        text = render_example(conversation["user_text"], conversation["assistant_text"])
+        text = SEED_FORMAT.example(conversation["user_text"], conversation["assistant_text"])
         assert row["input_ids"] == qwen_tokenizer.encode(text, add_special_tokens=False)
 
 
@@ -133,3 +133,27 @@ def test_tokenizer_without_chatml_tokens_is_an_error(step2, plain_tokenizer, sam
     with pytest.raises(SlamkitError, match=r"has no ChatML token <\|im_start\|>"):
         step2.main(argv + ["--tokenizer", str(folder)])
     assert not out.exists()
+
+
+def test_a_hub_id_without_network_fails_within_seconds_naming_the_bundled_tokenizer(sample_step1, tmp_path):
+    """--tokenizer Qwen/Qwen3-0.6B on a machine where the hub does not answer (no HF_HUB_OFFLINE set, empty cache):
+    exit 2 in seconds (not the hub client's minute of retries) with one error line naming the offline way,
+    example_arc/sample/qwen_tokenizer; nothing is written."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO, hub_unreachable_env
+
+    env = hub_unreachable_env(tmp_path / "hf_cache")
+    out = tmp_path / "out" / "rows.jsonl"
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(REPO / SCRIPT), "--data_path", str(sample_step1 / "arc_easy_test.jsonl"),
+                           "--out_path", str(out), "--tokenizer", "Qwen/Qwen3-0.6B"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - start
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert seconds < 20, f"{seconds:.1f} s"
+    assert errors[0].startswith("error: Qwen/Qwen3-0.6B: ") and "example_arc/sample/qwen_tokenizer" in errors[0]
+    assert "Traceback" not in done.stderr and not out.parent.exists()

@@ -9,7 +9,8 @@ import shutil
 
 import pytest
 import yaml
-from helpers import REPO, run_cli
+from helpers import REPO, SAMPLE_TOKENIZER, run_cli
+from test_bad_input import fails
 
 from slamkit.arc import conversation_from_record
 from slamkit.chatml import (
@@ -133,8 +134,10 @@ def test_chat_template_rows_train_record_the_format_and_score_in_it(
     code, _, err = run_cli(f"data.train_path=[{rows},{seed_rows}]", f"training_args.output_dir={tmp_path / 'mixed'}", *common)
     assert code == 2 and "token rows of different prompt formats" in err.splitlines()[-1]
     run = tmp_path / "run"
-    code, out, err = run_cli(f"data.train_path={rows}", f"training_args.output_dir={run}", *common)
+    code, out, err = run_cli(f"data.train_path={rows}", f"training_args.output_dir={run}", *common,
+                             "training_args.use_cpu=true")
     assert code == 0, (out + err)[-2000:]
+    assert "warning: no CUDA device" not in out + err  # the CPU asked for (use_cpu=true): no warning about CUDA
     record = yaml.safe_load((run / "slamkit_run.yaml").read_text())
     assert record["effective"]["prompt_format"] == "chat_template"
     assert record["effective"]["prompt"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
@@ -145,3 +148,75 @@ def test_chat_template_rows_train_record_the_format_and_score_in_it(
     assert "prompt format chat_template" in capsys.readouterr().out
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["prompt_format"] == "chat_template" and results["total"] == 8
+
+
+def tokenizer_with_template(folder, edit) -> str:
+    """A copy of the bundled Qwen tokenizer in ``folder`` whose chat template (in tokenizer_config.json) is
+    ``edit(template)``; its path."""
+    shutil.copytree(SAMPLE_TOKENIZER, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    edited = edit(config["chat_template"])
+    assert edited != config["chat_template"]
+    config["chat_template"] = edited
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return str(folder)
+
+
+def test_chat_template_rows_are_trained_and_scored_only_with_the_template_they_were_rendered_with(
+    tiny_model, sample_step1, step2, eval_arc, tmp_path, capsys
+):
+    """chat_template rows carry their template's prompt_digest: training them with a tokenizer whose template renders
+    another prompt (another system turn) is refused naming data.train_path, a row without the digest is refused
+    naming its file:line, and eval_arc.py refuses a checkpoint whose tokenizer's template was changed after
+    training (its record's prompt is not what the tokenizer renders); nothing is written by any of them."""
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join((sample_step1 / "arc_easy_train.jsonl").read_text().splitlines(keepends=True)[:32]))
+    rows = tmp_path / "rows.jsonl"
+    assert step2.main(["--data_path", str(train), "--out_path", str(rows), "--tokenizer", str(tiny_model),
+                       "--prompt_format", "chat_template"]) == 0
+    lines = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert {len(line["prompt_digest"]) for line in lines} == {16}
+    other = tokenizer_with_template(tmp_path / "other_tokenizer",
+                                    lambda t: t.replace("You are a helpful assistant", "You are a science tutor"))
+    common = [f"model.base_model_name={tiny_model}", "training_args.max_steps=1", "training_args.bf16=false",
+              "training_args.eval_strategy=no", "training_args.save_strategy=no", "data.val_path=null"]
+
+    refused = tmp_path / "refused"
+    code, _, err = run_cli(f"data.train_path={rows}", f"model.tokenizer_name={other}",
+                           f"training_args.output_dir={refused}", *common)
+    assert code == 2 and err.splitlines()[-1].startswith("error: data.train_path: "), err[-2000:]
+    assert other in err.splitlines()[-1] and not refused.exists()
+
+    undigested = tmp_path / "undigested.jsonl"
+    del lines[2]["prompt_digest"]
+    undigested.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    code, _, err = run_cli(f"data.train_path={undigested}", f"model.tokenizer_name={tiny_model}",
+                           f"training_args.output_dir={refused}", *common)
+    assert code == 2 and err.splitlines()[-1].startswith(f"error: {undigested}:3: "), err[-2000:]
+    assert "prompt_digest" in err.splitlines()[-1] and not refused.exists()
+
+    run = tmp_path / "run"
+    code, out, err = run_cli(f"data.train_path={rows}", f"model.tokenizer_name={tiny_model}",
+                             f"training_args.output_dir={run}", *common)
+    assert code == 0, (out + err)[-2000:]
+    template = run / "chat_template.jinja"
+    template.write_text(template.read_text().replace("You are a helpful assistant", "You are a science tutor"))
+    evaluation = tmp_path / "eval"
+    argv = ["--model_path", str(run), "--data_path", str(sample_step1 / "arc_easy_test.jsonl"), "--max_problems", "4",
+            "--device", "cpu", "--dtype", "float32", "--output_dir", str(evaluation)]
+    line = fails(capsys, lambda: eval_arc.main(argv), after_bar="Loading weights")
+    assert line.startswith(f"error: {run}: ") and "prompt" in line
+    assert not evaluation.exists()
+
+
+def test_a_chat_template_that_trims_the_user_text_is_refused_naming_the_tokenizer(sample_step1, step2, tmp_path, capsys):
+    """A template that strips the user text ({{ message['content'] | trim }}) would render other text than the rows
+    hold around it: step 2 with --prompt_format chat_template refuses it, naming the tokenizer, and writes nothing."""
+    trimming = tokenizer_with_template(tmp_path / "trimming",
+                                       lambda t: t.replace("message['content']", "(message['content'] | trim)"))
+    out = tmp_path / "out" / "rows.jsonl"
+    argv = ["--data_path", str(sample_step1 / "arc_easy_validation.jsonl"), "--out_path", str(out),
+            "--tokenizer", trimming, "--prompt_format", "chat_template"]
+    line = fails(capsys, lambda: step2.main(argv))
+    assert line.startswith(f"error: tokenizer {trimming}: ") and "chat template" in line
+    assert not out.parent.exists()

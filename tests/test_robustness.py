@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 import slamkit.jsonl
 from slamkit.arc import conversation_from_record, read_conversations
-from slamkit.chatml import IGNORE_INDEX, encode_examples, encode_prompts, render_example
+from slamkit.chatml import IGNORE_INDEX, encode_examples, encode_prompts, SEED_FORMAT
 from slamkit.config import ModelSettings
 from slamkit.errors import SlamkitError
 from slamkit.jsonl import atomic_output
@@ -187,6 +187,33 @@ def test_eval_outputs_are_one_set_and_never_mixed(step1, eval_arc, tiny_model, t
     assert snapshot(out) == before and no_temporary_files(out)
 
 
+def test_sigterm_to_an_evaluation_is_one_line_and_leaves_its_folder_as_found(tiny_model, sample_step1, tmp_path):
+    """SIGTERM to eval_arc_base.py while it scores (its --output_dir held): exit 143, one line naming SIGTERM, no
+    traceback, and the folder it made is gone again: no lock file, no partial output."""
+    import signal
+    import time
+
+    from helpers import start_script
+
+    lines = (sample_step1 / "arc_easy_test.jsonl").read_text(encoding="utf-8").splitlines()
+    many = tmp_path / "many.jsonl"  # 2,000 questions one at a time: seconds of scoring to stop
+    many.write_text("".join(json.dumps({**json.loads(line), "id": f"{i}-{n}"}) + "\n"
+                            for i in range(10) for n, line in enumerate(lines)), encoding="utf-8")
+    out = tmp_path / "eval"
+    run = start_script("example_arc/eval_arc_base.py", "--model_name", tiny_model, "--data_path", many,
+                       "--batch_size", "1", "--output_dir", out)
+    for _ in range(600):
+        if (out / ".slamkit.lock").exists() or run.poll() is not None:
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)  # into the scoring
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "error: interrupted (SIGTERM); nothing was written"
+    assert "Traceback" not in err and not out.exists()
+
+
 # ---------------------------------------------------------------- 6. safe defaults
 
 
@@ -303,7 +330,7 @@ def test_odd_text_renders_and_round_trips(tokenizer):
     for conversation, example, prompt in zip(conversations, examples, prompts, strict=True):
         assert ODD[conversations.index(conversation)]["question"] in conversation.user_text
         decoded = tokenizer.decode(example.input_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        assert decoded == render_example(conversation.user_text, conversation.assistant_text)
+        assert decoded == SEED_FORMAT.example(conversation.user_text, conversation.assistant_text)
         assert example.input_ids[: len(prompt)] == prompt
         assert [x for x in example.labels if x != IGNORE_INDEX] == [LETTER_IDS[conversation.assistant_text], IM_END]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import run_cli, run_script, start_script
+from helpers import every_byte_string, run_cli, run_script, start_script
 from safetensors.torch import load_file
 
 from slamkit.errors import SlamkitError
@@ -332,6 +332,24 @@ def test_kill_9_mid_run_then_resume_gives_the_weights_of_an_uninterrupted_run(un
     assert record(out)["status"] == "complete"
 
 
+def test_a_lora_run_killed_and_resumed_gives_the_weights_of_an_uninterrupted_one(tiny_model, sample_tokens, tmp_path):
+    """peft=lora, SIGKILL at step 4 (after checkpoint-3), then cont_training=true: each checkpoint's adapter, the
+    final adapter/ and the merged model are bit-identical to an uninterrupted LoRA run's; the record says what was
+    trained."""
+    pytest.importorskip("peft")
+    runs = {name: tmp_path / name for name in ("whole", "resumed")}
+    cli_ok(*overrides(tiny_model, sample_tokens, runs["whole"], "peft=lora"))
+    died = interrupted("step:4", "kill", overrides(tiny_model, sample_tokens, runs["resumed"], "peft=lora"))
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    cli_ok(*overrides(tiny_model, sample_tokens, runs["resumed"], "peft=lora", "cont_training=true"))
+    for sub in ("checkpoint-3", "checkpoint-6", "adapter"):
+        a, b = (load_file(run / sub / "adapter_model.safetensors") for run in runs.values())
+        assert a and all("lora_" in name for name in a)
+        assert_identical(a, b)
+    assert_identical(weights(runs["whole"]), weights(runs["resumed"]))
+    assert record(runs["resumed"])["effective"]["trained"].startswith("LoRA r=16")
+
+
 def test_a_resumed_run_keeps_every_validation_point_in_its_history_and_plot(tiny_model, sample_tokens, tmp_path):
     """Validated every epoch, killed at step 4 and resumed: the final trainer_state.json holds the validation point
     of epoch 1 (from before the kill) and of epoch 2, and every training step's loss once."""
@@ -451,3 +469,74 @@ def test_same_seed_same_data_gives_identical_checkpoints(uninterrupted, tiny_mod
     for sub in ("checkpoint-3", "checkpoint-6", "."):
         assert_identical(weights(again / sub), weights(uninterrupted[2] / sub))
         assert record(uninterrupted[2] / sub)["config"]["training_args"]["seed"] == 7
+
+
+# ---------------------------------------------------------------- secrets, damaged records, rotation, resume log
+
+
+@pytest.mark.parametrize("given", ["environment", "command line"])
+def test_a_hub_token_is_never_written_to_disk(given, tiny_model, sample_tokens, tmp_path, monkeypatch):
+    """training_args.hub_token, from ${oc.env:...} or typed on the command line, appears in no file under the finished
+    run's folder (record, log, training_args.bin of the final folder and of the checkpoint: pickles searched byte
+    for byte) nor in what the run printed; the records say <redacted> and the run succeeds."""
+    token = f"hf_slamkitTestSecret{given.replace(' ', '')}0123456789"
+    if given == "environment":
+        monkeypatch.setenv("SLAMKIT_TEST_HUB_TOKEN", token)
+        setting = "training_args.hub_token=${oc.env:SLAMKIT_TEST_HUB_TOKEN}"
+    else:
+        setting = f"training_args.hub_token={token}"
+    out = tmp_path / "run"
+    printed = cli_ok(*overrides(tiny_model, sample_tokens, out, setting, epochs=1))
+    files = every_byte_string(tmp_path)  # the run folder, and anything else the run wrote beside it
+    for name in ("slamkit_run.yaml", "train_sft.log", "training_args.bin", "checkpoint-3/training_args.bin",
+                 "checkpoint-3/slamkit_run.yaml"):
+        assert f"run/{name}" in files  # what is searched below includes what a secret would have leaked into
+    assert [name for name, data in files.items() if token.encode() in data] == []
+    assert token not in printed
+    for folder in (out, out / "checkpoint-3"):
+        assert record(folder)["config"]["training_args"]["hub_token"] == "<redacted>"
+        assert "training_args.hub_token=<redacted>" in record(folder)["command_line"]
+    assert record(out)["status"] == "complete"
+    assert torch.load(out / "training_args.bin", weights_only=False).hub_token is None
+
+
+def test_a_damaged_run_record_refuses_cont_training_naming_it_and_changes_nothing(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """cont_training=true into a run folder whose slamkit_run.yaml cannot be read (it could not be checked against
+    this run's settings) stops with one line naming that file; every file stays as it was."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted[2], out)
+    (out / RUN_RECORD).write_text("{{{")
+    before = snapshot(out)
+    line = cli_fails(*overrides(tiny_model, sample_tokens, out, "cont_training=true"))
+    assert line.startswith(f"error: {out / RUN_RECORD}: ")
+    assert snapshot(out) == before
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+
+
+def test_checkpoint_rotation_is_refused_where_it_would_delete_a_users_file(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """A results.json the user saved inside checkpoint-3/: resuming for a third epoch with save_total_limit=1 (which
+    would delete checkpoint-3 and checkpoint-6 with it) is refused, naming checkpoint-3/results.json; every file
+    stays as it was."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted[2], out)
+    (out / "checkpoint-3" / "results.json").write_text('{"accuracy": 0.5}\n')
+    before = snapshot(out)
+    line = cli_fails(*overrides(tiny_model, sample_tokens, out, "cont_training=true", "accept_changed_settings=true",
+                                "training_args.save_total_limit=1", epochs=3))
+    assert line.startswith(f"error: {out}: ") and "checkpoint-3/results.json" in line
+    assert "save_total_limit" in line
+    assert snapshot(out) == before
+
+
+def test_a_resumed_run_says_it_resumes_from_its_checkpoint_not_that_it_warm_started(uninterrupted, tiny_model, sample_tokens, tmp_path):
+    """cont_training=true (here a third epoch on a finished two-epoch run) logs that its weights come from
+    checkpoint-6 and never "TWIST init: every weight warm-started", which the base model's weights no longer are."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted[2], out)
+    printed = cli_ok(*overrides(tiny_model, sample_tokens, out, "cont_training=true", "accept_changed_settings=true",
+                                epochs=3))
+    resumed = [line for line in printed.splitlines() if f"resuming from {out / 'checkpoint-6'}" in line]
+    assert any("weights" in line for line in resumed), printed[-3000:]
+    assert "TWIST init" not in printed and "warm-started" not in printed
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6", "checkpoint-9"]
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3 * EPOCH

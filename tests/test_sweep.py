@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import OFFLINE_ENV, REPO, load_script, run_cli, run_script, start_script
+from helpers import OFFLINE_ENV, REPO, every_byte_string, load_script, run_cli, run_script, start_script
 from hydra import compose, initialize_config_dir
 
 from slamkit.evaluation import wilson_interval
@@ -283,3 +283,59 @@ def test_a_missing_plugin_is_one_line_naming_the_extra(tmp_path):
     assert load_script("cli/train_sft.py").config_error(missing) == (
         "hydra/sweeper/optuna needs a Hydra plugin that is not installed: pip install -e '.[sweep]'"
     )
+
+
+def test_each_jobs_run_name_and_curves_title_say_which_job_and_what_it_swept(tiny_model, sample_tokens, tmp_path,
+                                                                            monkeypatch):
+    """In a basic sweep over two learning rates, job N's record has training_args.run_name "job N: ..." holding its
+    swept override, and its training_curves.png is drawn with that name as its title (the title is read off the
+    Figure as it is saved: a PNG's pixels do not say it)."""
+    from slamkit import plots
+
+    titles: dict[Path, str] = {}
+    save_png = plots._save_png
+
+    def saved_with_title(figure, path, outputs=None):
+        titles[Path(path)] = figure.get_suptitle()
+        return save_png(figure, path, outputs)
+
+    monkeypatch.setattr(plots, "_save_png", saved_with_title)
+    sweep = tmp_path / "sweep"
+    args = [arg for arg in sweep_args(tiny_model, sample_tokens, sweep)
+            if not arg.startswith(("data.val_path", "training_args.num_train"))]  # one step, no validation
+    code, out, err = run_cli("-m", "training_args.learning_rate=1e-3,2e-3", "training_args.max_steps=1",
+                             "data.val_path=null", "training_args.eval_strategy=no", *args)
+    assert code == 0, (out + err)[-3000:]
+    swept = [row["overrides"] for row in summary_rows(sweep)]
+    assert swept == ["training_args.learning_rate=0.001", "training_args.learning_rate=0.002"]
+    for job, override in enumerate(swept):
+        name = yaml.safe_load((sweep / str(job) / "slamkit_run.yaml").read_text())["config"]["training_args"]
+        name = name["run_name"]
+        assert name.startswith(f"job {job}: ") and override in name.split()
+        title = titles[sweep / str(job) / "training_curves.png"]
+        assert "".join(title.split()) == "".join(name.split())  # the whole name, wrapped onto lines of 100 characters
+
+
+def test_a_hub_token_given_to_a_sweep_is_written_nowhere(tiny_model, sample_tokens, tmp_path, monkeypatch):
+    """training_args.hub_token written out on a sweep's command line is refused before any job (Hydra would save it
+    into multirun.yaml); given through the environment ('${oc.env:...}') to a sweep of a job that completes and one
+    that fails (a learning rate out of range), it appears in no file under the sweep folder (each job's record,
+    training_args.bin searched inside its pickle, multirun.yaml), and the completed job's record says <redacted>."""
+    token = "hf_slamkitTestSweepSecret0123456789"
+    sweep = tmp_path / "sweep"
+    args = [arg for arg in sweep_args(tiny_model, sample_tokens, sweep)
+            if not arg.startswith(("data.val_path", "training_args.num_train"))]  # one step, no validation
+    common = ["-m", "training_args.learning_rate=1e-3,-1", "training_args.max_steps=1", "data.val_path=null",
+              "training_args.eval_strategy=no", *args]
+    code, out, err = run_cli(*common, f"training_args.hub_token={token}")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: training_args.hub_token: "), (out + err)[-3000:]
+    assert not sweep.exists() or not any(token.encode() in data for data in every_byte_string(sweep).values())
+    monkeypatch.setenv("SLAMKIT_TEST_TOKEN", token)
+    code, out, err = run_cli(*common, "training_args.hub_token=${oc.env:SLAMKIT_TEST_TOKEN}")
+    assert code == 2, (out + err)[-3000:]
+    assert [row["status"].split(":")[0] for row in summary_rows(sweep)] == ["complete", "failed"]
+    leaked = sorted({name.split("!")[0] for name, data in every_byte_string(sweep).items() if token.encode() in data})
+    assert (sweep / "0" / "training_args.bin").is_file() and (sweep / "1" / "slamkit_run.yaml").is_file()
+    assert leaked == []
+    assert yaml.safe_load((sweep / "0" / "slamkit_run.yaml").read_text())["config"]["training_args"]["hub_token"] == (
+        "<redacted>")

@@ -75,6 +75,7 @@ def test_seed_training_command_writes_checkpoints_that_load_with_auto_classes(ti
     """The seed's cli/train_sft.py command (local tiny base model) writes checkpoint-N folders and a final folder
     that AutoModelForCausalLM / AutoTokenizer load, each with the run record; the folder also holds
     trainer_state.json, training_curves.png and train_sft.log with the logged metrics, readable by the group.
+    Without CUDA it warns, once, that it trains on the CPU.
     In-process, as its __main__ runs it (tests/test_run_integrity.py and the GPU check's test run it as a process)."""
     out = tmp_path / "arc_model"
     code, stdout, stderr = run_cli(
@@ -90,6 +91,8 @@ def test_seed_training_command_writes_checkpoints_that_load_with_auto_classes(ti
 
     expected = f"training on CPU ({cpu_description()}) in bf16 autocast" if cpu_native_bf16() else "training on CPU in float32"
     assert expected in printed  # the shipped bf16: true follows the CPU (tests/test_precision.py fakes both kinds)
+    if not torch.cuda.is_available():  # the shipped use_cpu: false on a machine without CUDA: said once, at the start
+        assert printed.count("warning: no CUDA device") == 1
     assert "48 training rows -> 3 steps per epoch, 6 steps in all (the last checkpoint is checkpoint-6)" in printed
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     for folder in [out / "checkpoint-3", out / "checkpoint-6", out]:
@@ -190,6 +193,31 @@ def test_two_process_cpu_run_trains_the_announced_steps(launcher, tiny_model, sa
     assert state["global_step"] == 2
     assert tensors(out).keys() == tensors(tiny_model).keys()
     assert yaml.safe_load((out / "slamkit_run.yaml").read_text())["effective"]["world_size"] == 2
+
+
+def test_fsdp_over_two_processes_trains_as_one_process_does(tiny_model, sample_tokens, tmp_path):
+    """training_args=sft_fsdp (FSDP2, full shard) under torchrun --nproc_per_node=2 (gloo on CPU), 2 x 8 sequences per
+    step, logs the per-step losses of one process with 16 (within 1e-5 relative: the sums run in another order) and
+    saves a plain HF folder with every weight of the tied model."""
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        done = subprocess.run(
+            [*LAUNCHERS["torchrun"][:-1], f"--nproc_per_node={processes}", str(REPO / "cli/train_sft.py"),
+             *(["training_args=sft_fsdp"] if processes == 2 else []), f"model.base_model_name={tiny_model}",
+             f"data.train_path={sample_tokens['train']}", "data.val_path=null", f"training_args.output_dir={out}",
+             "training_args.max_steps=3", "training_args.bf16=false", "training_args.eval_strategy=no",
+             f"training_args.per_device_train_batch_size={16 // processes}", "training_args.gradient_accumulation_steps=1",
+             "training_args.learning_rate=1e-3", "training_args.warmup_steps=0", "training_args.logging_steps=1",
+             "training_args.save_strategy=no", "training_args.use_cpu=true"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"},
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        runs[processes] = [entry["loss"] for entry in history if "loss" in entry]
+        assert tensors(out).keys() == tensors(tiny_model).keys()
+    assert len(runs[1]) == 3 and runs[2] == pytest.approx(runs[1], rel=1e-5)
 
 
 def test_logger_without_its_package_is_a_one_line_error(monkeypatch, tmp_path):
