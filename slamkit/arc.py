@@ -7,6 +7,7 @@ later step can drop them (the reference scored 94 of its "100 problems" because 
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,14 +68,8 @@ class Conversation:
     choice_texts: list[str]
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "user_text": self.user_text,
-            "assistant_text": self.assistant_text,
-            "choice_labels": self.choice_labels,
-            "question": self.question,
-            "choice_texts": self.choice_texts,
-        }
+        """The step-1 JSON line: every field but ``relabelled``, in this order."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if key != "relabelled"}
 
 
 def conversation_from_record(record: dict[str, Any], where: str) -> Conversation:
@@ -84,7 +79,6 @@ def conversation_from_record(record: dict[str, Any], where: str) -> Conversation
     for key in ("id", "question", "choices", "answerKey"):
         if key not in record:
             raise SlamkitError(f"{where}: missing field {key!r}")
-    record_id = str(record["id"])
     choices = record["choices"]
     if not isinstance(choices, dict) or "text" not in choices or "label" not in choices:
         raise SlamkitError(f"{where}: 'choices' must be an object with 'text' and 'label' lists")
@@ -108,7 +102,7 @@ def conversation_from_record(record: dict[str, Any], where: str) -> Conversation
     if answer not in labels:
         raise SlamkitError(f"{where}: answerKey {answer!r} is not among the labels {labels}")
     return Conversation(
-        id=record_id,
+        id=str(record["id"]),
         user_text=format_user_text(record["question"], texts, letters),
         assistant_text=letters[labels.index(answer)],
         choice_labels=letters,

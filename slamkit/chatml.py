@@ -29,12 +29,9 @@ IGNORE_INDEX = -100  # label of a position that carries no loss (torch's cross_e
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """How a user turn becomes the prompt the model answers after: ``head + user_text + tail``.
-
-    ``seed`` (the default, :data:`SEED_FORMAT`) is the reference example's ChatML with no system turn; a
-    ``chat_template`` format is the tokenizer's own chat template with thinking off (:func:`chat_template_format`).
-    The completion is always ``assistant_text + <|im_end|>``.
-    """
+    """How a user turn becomes the prompt the model answers after: ``head + user_text + tail`` (``seed``, the
+    reference example's ChatML with no system turn, or ``chat_template``, see the module's docstring); the
+    completion is always ``assistant_text + <|im_end|>``."""
 
     name: str
     head: str
@@ -126,52 +123,41 @@ def chatml_ids(tokenizer) -> ChatMLIds:
     slamkit never adds the markers itself: Qwen tokenizers already have them, and adding them again (or
     resizing the embedding table for them) would silently change the checkpoint.
     """
-    vocab = tokenizer.get_vocab()
-    ids = []
+    name, vocab = tokenizer_name(tokenizer), tokenizer.get_vocab()
     for marker in (IM_START, IM_END):
         if marker not in vocab:
-            raise SlamkitError(
-                f"tokenizer {tokenizer_name(tokenizer)}: has no ChatML token {marker}; use a tokenizer that "
-                "defines <|im_start|> and <|im_end|> (every Qwen tokenizer does)"
-            )
-        encoded = tokenizer.encode(marker, add_special_tokens=False)
+            raise SlamkitError(f"tokenizer {name}: has no ChatML token {marker}; use a tokenizer that defines "
+                               "<|im_start|> and <|im_end|> (every Qwen tokenizer does)")
         added = tokenizer.added_tokens_decoder.get(vocab[marker])
         if added is None or not added.special:
             kind = "a plain vocabulary entry" if added is None else "an added token"
             raise SlamkitError(
-                f"tokenizer {tokenizer_name(tokenizer)}: {marker} is {kind}, not a special token, so text in the "
-                "data could forge a turn; register it as special (tokenizer.add_special_tokens("
-                "{'additional_special_tokens': ['<|im_start|>', '<|im_end|>']}) and save the tokenizer)"
+                f"tokenizer {name}: {marker} is {kind}, not a special token, so text in the data could forge a turn; "
+                "register it as special (tokenizer.add_special_tokens({'additional_special_tokens': ['<|im_start|>', "
+                "'<|im_end|>']}) and save the tokenizer)"
             )
+        encoded = tokenizer.encode(marker, add_special_tokens=False)
         if encoded != [vocab[marker]]:
-            raise SlamkitError(
-                f"tokenizer {tokenizer_name(tokenizer)}: {marker} is not encoded as its single special token "
-                f"(got ids {encoded}); it must be registered as a special token"
-            )
-        ids.append(vocab[marker])
-    return ChatMLIds(im_start=ids[0], im_end=ids[1])
+            raise SlamkitError(f"tokenizer {name}: {marker} is not encoded as its single special token (got ids "
+                               f"{encoded}); it must be registered as a special token")
+    return ChatMLIds(im_start=vocab[IM_START], im_end=vocab[IM_END])
 
 
-def single_token_ids(tokenizer, texts: Sequence[str], what: str = "choice letter") -> list[int]:
+def single_token_ids(tokenizer, texts: Sequence[str]) -> list[int]:
     """Ids of ``texts`` that must each be exactly one token (the choice letters); anything else is an error."""
+    name = tokenizer_name(tokenizer)
     encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    result = []
     for text, ids in zip(texts, encoded, strict=True):
         if len(ids) != 1:
-            raise SlamkitError(
-                f"tokenizer {tokenizer_name(tokenizer)}: {what} {text!r} is {len(ids)} tokens {ids}, not one; "
-                "categorical scoring needs every offered letter to be a single token"
-            )
+            raise SlamkitError(f"tokenizer {name}: choice letter {text!r} is {len(ids)} tokens {ids}, not one; "
+                               "categorical scoring needs every offered letter to be a single token")
         if tokenizer.decode(ids) != text:  # e.g. an unknown-token id standing in for a letter not in the vocabulary
-            raise SlamkitError(
-                f"tokenizer {tokenizer_name(tokenizer)}: {what} {text!r} is not in the vocabulary "
-                f"(it encodes to id {ids[0]}, which decodes to {tokenizer.decode(ids)!r})"
-            )
+            raise SlamkitError(f"tokenizer {name}: choice letter {text!r} is not in the vocabulary (it encodes to id "
+                               f"{ids[0]}, which decodes to {tokenizer.decode(ids)!r})")
         added = tokenizer.added_tokens_decoder.get(ids[0])
         if added is not None and added.special:  # e.g. a label "<|im_end|>": it would be scored as the control token
-            raise SlamkitError(f"tokenizer {tokenizer_name(tokenizer)}: {what} {text!r} is a special token, not text")
-        result.append(ids[0])
-    return result
+            raise SlamkitError(f"tokenizer {name}: choice letter {text!r} is a special token, not text")
+    return [ids[0] for ids in encoded]
 
 
 def letter_token_ids(tokenizer, letter_lists: Sequence[Sequence[str]], names: Sequence[str]) -> dict[str, int]:
@@ -193,14 +179,6 @@ def _encode_text(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
-def _last_marker_end(text: str, markers: Sequence[str]) -> int:
-    return max((text.rfind(m) + len(m) for m in markers if m in text), default=0)
-
-
-def _first_marker_start(text: str, markers: Sequence[str]) -> int:
-    return min((text.find(m) for m in markers if m in text), default=len(text))
-
-
 def encode_prompts(tokenizer, user_texts: Sequence[str], fmt: PromptFormat = SEED_FORMAT) -> list[list[int]]:
     """Token ids of ``fmt.prompt(u)`` for each user text (batched).
 
@@ -212,15 +190,13 @@ def encode_prompts(tokenizer, user_texts: Sequence[str], fmt: PromptFormat = SEE
     """
     chatml_ids(tokenizer)
     markers = list(tokenizer.get_added_vocab())
-    cut_head, cut_tail = _last_marker_end(fmt.head, markers), _first_marker_start(fmt.tail, markers)
-    before, after = _template_ids(tokenizer, [fmt.head[:cut_head], fmt.tail[cut_tail:]])
+    # the format's own text, its markers as their tokens: the head up to its last marker, the tail from its first
+    cut_head = max((fmt.head.rfind(m) + len(m) for m in markers if m in fmt.head), default=0)
+    cut_tail = min((fmt.tail.find(m) for m in markers if m in fmt.tail), default=len(fmt.tail))
+    before, after = [tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+                     for text in (fmt.head[:cut_head], fmt.tail[cut_tail:])]
     users = _encode_text(tokenizer, [f"{fmt.head[cut_head:]}{u}{fmt.tail[:cut_tail]}" for u in user_texts])
     return [[*before, *user, *after] for user in users]
-
-
-def _template_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Ids of a format's own text, its markers as their tokens."""
-    return [tokenizer(text, add_special_tokens=False)["input_ids"] if text else [] for text in texts]
 
 
 @dataclass(frozen=True)

@@ -75,19 +75,12 @@ class ClozePrediction:
 
 def _argmax(values: Sequence[float]) -> int:
     """The index of the largest value; the first one on a tie (numpy's argmax)."""
-    best = 0
-    for index, value in enumerate(values):
-        if value > values[best]:
-            best = index
-    return best
+    return max(range(len(values)), key=values.__getitem__)
 
 
 def encode_pairs(tokenizer, contexts: Sequence[str], continuations: Sequence[str]) -> list[tuple[list[int], list[int]]]:
     """``(context ids, continuation ids)`` per pair, split as lm-evaluation-harness splits them (batched)."""
-    moved = []
-    for context, continuation in zip(contexts, continuations, strict=True):
-        spaces = len(context) - len(context.rstrip())
-        moved.append((context[: len(context) - spaces], context[len(context) - spaces :] + continuation))
+    moved = [(c.rstrip(), c[len(c.rstrip()) :] + x) for c, x in zip(contexts, continuations, strict=True)]
     wholes = tokenizer([c + x for c, x in moved], add_special_tokens=False)["input_ids"]
     heads = tokenizer([c for c, _ in moved], add_special_tokens=False)["input_ids"]
     return [(head, whole[len(head) :]) for head, whole in zip(heads, wholes, strict=True)]
@@ -97,18 +90,17 @@ def encode_pairs(tokenizer, contexts: Sequence[str], continuations: Sequence[str
 def score_cloze(model, tokenizer, records: list[dict], batch_size: int, progress: bool = True) -> list[ClozePrediction]:
     """Log-likelihood of every choice of every record (needs ``question`` and ``choice_texts`` from step 1)."""
     for record in records:
+        where = record["_where"]
         for key in ("question", "choice_texts", "choice_labels"):
             if key not in record:
-                raise SlamkitError(f"{record['_where']}: missing field {key!r} (re-run prepare_arc_data.py)")
+                raise SlamkitError(f"{where}: missing field {key!r} (re-run prepare_arc_data.py)")
         texts = record["choice_texts"]
         if not isinstance(record["question"], str) or not record["question"].strip():
-            raise SlamkitError(f"{record['_where']}: 'question' must be a non-empty string")
+            raise SlamkitError(f"{where}: 'question' must be a non-empty string")
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise SlamkitError(f"{record['_where']}: 'choice_texts' must be a list of strings")
+            raise SlamkitError(f"{where}: 'choice_texts' must be a list of strings")
         if len(texts) != len(record["choice_labels"]):
-            raise SlamkitError(
-                f"{record['_where']}: {len(texts)} choice_texts for {len(record['choice_labels'])} choice_labels"
-            )
+            raise SlamkitError(f"{where}: {len(texts)} choice_texts for {len(record['choice_labels'])} choice_labels")
     owners = [index for index, record in enumerate(records) for _ in record["choice_texts"]]
     pairs = encode_pairs(
         tokenizer,
@@ -127,12 +119,10 @@ def score_cloze(model, tokenizer, records: list[dict], batch_size: int, progress
         sequences = [context + continuation for context, continuation in batch]
         input_ids = right_pad(sequences, PAD_ID)
         attention_mask = right_pad([[1] * len(ids) for ids in sequences], 0)
-        rows, positions, targets = [], [], []
-        for row, (context, continuation) in enumerate(batch):
-            for offset, token in enumerate(continuation):
-                rows.append(row)
-                positions.append(len(context) + offset - 1)  # the logits that predict this token
-                targets.append(token)
+        rows, positions, targets = zip(*(  # every continuation token, and the position whose logits predict it
+            (row, len(context) + offset - 1, token)
+            for row, (context, continuation) in enumerate(batch) for offset, token in enumerate(continuation)
+        ))
         # The decoder's final hidden states, and the LM head in float32 only at the positions that predict a
         # continuation token: a log-likelihood compared in bfloat16 would tie (and go to the first choice).
         hidden = model.get_decoder()(
@@ -151,13 +141,9 @@ def score_cloze(model, tokenizer, records: list[dict], batch_size: int, progress
     results, cursor = [], 0
     for record in records:
         count = len(record["choice_texts"])
-        results.append(
-            ClozePrediction(
-                id=str(record.get("id", record["_where"])),
-                gold=record["choice_labels"].index(record["assistant_text"]),
-                loglik=scores[cursor : cursor + count],
-                lengths=[len(text) for text in record["choice_texts"]],
-            )
-        )
+        results.append(ClozePrediction(
+            id=str(record.get("id", record["_where"])), gold=record["choice_labels"].index(record["assistant_text"]),
+            loglik=scores[cursor : cursor + count], lengths=[len(text) for text in record["choice_texts"]],
+        ))
         cursor += count
     return results

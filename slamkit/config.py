@@ -55,8 +55,7 @@ def _schema_type(annotation: Any) -> Any:
         kept = [m for m in members if m is not type(None)]
         if len(kept) == 1 and kept[0] in _PRIMITIVES:
             return kept[0] | None
-        enums_or_str = [m for m in kept if m is not str]
-        if str in kept and type(None) not in members and all(isinstance(m, type) and issubclass(m, str) for m in enums_or_str):
+        if str in kept and type(None) not in members and all(isinstance(m, type) and issubclass(m, str) for m in kept):
             return str  # e.g. IntervalStrategy | str: the strategies are str enums
     return Any
 
@@ -100,23 +99,14 @@ class _TrainingArgumentsChecks:
                 raise SlamkitError(f"training_args.{name}={value!r}: must be {what}")
 
 
-def _training_arguments_schema() -> type:
-    hints = typing.get_type_hints(TrainingArguments)
-    fields = []
-    for f in dataclasses.fields(TrainingArguments):
-        if not f.init:
-            continue
-        default = field(default=f.default) if f.default is not dataclasses.MISSING else field(default_factory=f.default_factory)
-        fields.append((f.name, _schema_type(hints[f.name]), default))
-    schema = dataclasses.make_dataclass("TrainingArgumentsSettings", fields, bases=(_TrainingArgumentsChecks,))
-    schema.__module__ = __name__
-    return schema
-
-
-TrainingArgumentsSettings = _training_arguments_schema()
-TrainingArgumentsSettings.__doc__ = (
-    "Every ``transformers.TrainingArguments`` keyword with its type and transformers' default (generated from the "
-    "installed transformers); ranges checked on construction."
+_TRAINING_ARGUMENT_TYPES = typing.get_type_hints(TrainingArguments)
+TrainingArgumentsSettings = dataclasses.make_dataclass(
+    "TrainingArgumentsSettings",
+    [(f.name, _schema_type(_TRAINING_ARGUMENT_TYPES[f.name]), field(default=f.default, default_factory=f.default_factory))
+     for f in dataclasses.fields(TrainingArguments) if f.init],
+    bases=(_TrainingArgumentsChecks,),
+    namespace={"__module__": __name__, "__doc__": "Every ``transformers.TrainingArguments`` keyword with its type and "
+               "transformers' default (generated from the installed transformers); ranges checked on construction."},
 )
 TRAINING_ARGUMENT_NAMES = frozenset(f.name for f in dataclasses.fields(TrainingArgumentsSettings))
 
@@ -154,12 +144,10 @@ class ModelSettings:
             raise SlamkitError(f"model.vocab_size={self.vocab_size}: must be null or at least 1")
 
 
-def _paths(value: Any, key: str, required: bool) -> None:
-    if value is None and not required:
-        return
-    paths = [value] if isinstance(value, str) else value
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
-        raise SlamkitError(f"{key}={value!r}: must be a file, a glob or a non-empty list of them")
+def _strings(value: Any) -> bool:
+    """A non-empty string, or a non-empty list of them."""
+    items = [value] if isinstance(value, str) else value
+    return isinstance(items, list) and bool(items) and all(isinstance(item, str) and item for item in items)
 
 
 @dataclass
@@ -170,8 +158,9 @@ class DataSettings:
     max_val_examples: int | None = None
 
     def __post_init__(self) -> None:
-        _paths(self.train_path, "data.train_path", required=True)
-        _paths(self.val_path, "data.val_path", required=False)
+        for key, value in (("train_path", self.train_path), ("val_path", self.val_path)):
+            if not _strings(value) and not (key == "val_path" and value is None):
+                raise SlamkitError(f"data.{key}={value!r}: must be a file, a glob or a non-empty list of them")
         for key in ("max_train_examples", "max_val_examples"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -206,8 +195,7 @@ class LoraSettings:
         if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise SlamkitError(f"peft: r={self.r}, alpha={self.alpha}, dropout={self.dropout}: r and alpha must be "
                                "above 0 and dropout in [0, 1)")
-        names = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        if not _strings(self.target_modules):
             raise SlamkitError(f"peft.target_modules={self.target_modules!r}: must be all-linear or a list of module names")
 
     def describe(self) -> str:
@@ -251,19 +239,14 @@ def redact_command_line(command_line: Sequence[str]) -> list[str]:
     return [f"{item.split('=', 1)[0]}={REDACTED}" if is_secret(item.split("=", 1)[0]) else item for item in command_line]
 
 
-def config_keys() -> list[str]:
+def config_keys(schema: type = SFTConfig, prefix: str = "") -> list[str]:
     """Every key of the schema, dotted (``model``, ``model.base_model_name``, ``training_args.seed``, ...)."""
     keys: list[str] = []
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            key = f"{prefix}{f.name}"
-            keys.append(key)
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], key + ".")
-
-    walk(SFTConfig, "")
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += config_keys(hints[f.name], f"{prefix}{f.name}.")
     return keys
 
 

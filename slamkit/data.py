@@ -2,8 +2,7 @@
 
 A token row is ``{"input_ids": [...], "labels": [...], "attention_mask": [...]}`` (``id``, ``choice_ids`` and
 ``prompt_format`` optional; rows without ``prompt_format`` are in the ``seed`` format), as written by
-``example_arc/prepare_arc_tokens.py``. ``labels[i]`` is the id to predict at
-position ``i`` (unshifted, -100 where unsupervised), the Hugging Face convention.
+``example_arc/prepare_arc_tokens.py``; ``labels`` as :class:`slamkit.chatml.TokenRow` says.
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ def expand_paths(paths: str | Sequence[str]) -> list[Path]:
     patterns = [paths] if isinstance(paths, str) else list(paths)
     if not patterns:
         raise SlamkitError("no data files given")
-    files: list[Path] = []
-    seen: dict[Path, Path] = {}  # resolved -> as given: the same file twice would train on its rows twice
+    files: dict[Path, Path] = {}  # resolved -> as given: the same file twice would train on its rows twice
     for pattern in patterns:
         literal = Path(pattern).exists() or not glob.has_magic(str(pattern))  # "data[1].jsonl" that exists is that file
         matches = [str(pattern)] if literal else sorted(glob.glob(str(pattern)))
@@ -38,11 +36,10 @@ def expand_paths(paths: str | Sequence[str]) -> list[Path]:
             if match.is_dir():
                 raise SlamkitError(f"{match}: a folder, not a file; give its files (e.g. {match / '*.jsonl'})")
             resolved = match.resolve()
-            if resolved in seen:
-                raise SlamkitError(f"{match}: given twice (also as {seen[resolved]}); list each data file once")
-            seen[resolved] = match
-            files.append(match)
-    return files
+            if resolved in files:
+                raise SlamkitError(f"{match}: given twice (also as {files[resolved]}); list each data file once")
+            files[resolved] = match
+    return list(files.values())
 
 
 def _int_list(value, where: str, key: str) -> list[int]:
@@ -95,7 +92,7 @@ def check_token_row(record: dict, where: str, max_length: int | None = None, voc
             raise SlamkitError(f"{where}: negative token id in choice_ids {choice_ids}")
         if vocab_rows is not None and max(choice_ids) >= vocab_rows:
             raise SlamkitError(f"{where}: choice_ids {choice_ids} reach beyond the model's {vocab_rows:,}-row embedding table")
-        first = labels.index(next(label for label in labels if label != IGNORE_INDEX))
+        first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
         if input_ids[first] not in choice_ids:
             raise SlamkitError(f"{where}: the answer token {input_ids[first]} is not among choice_ids {choice_ids}")
     prompt_format = record.get("prompt_format", "seed")

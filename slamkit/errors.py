@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -29,7 +31,6 @@ def run_main(main: Callable[[], int | None]) -> None:
     raised where the step is, so that what it holds is let go and its outputs (written to temporary files first)
     never appear half-written; one line, exit code 130 or 143. Anything else is a bug and keeps its traceback.
     """
-    import signal
 
     def stop(number, frame):
         raise KeyboardInterrupt(signal.Signals(number).name)
@@ -59,17 +60,12 @@ def one_line_on_ctrl_c() -> None:
     interrupt lands inside torch's C++ start-up, an abort). Nothing has been written yet, so the process ends at once.
     ``run_main`` puts its own handlers in place. Scripts call this first, when run as ``__main__``; a process that
     was started with SIGINT ignored (a background job) keeps ignoring it."""
-    import signal
-
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _stop_while_starting)
     signal.signal(signal.SIGTERM, _stop_while_starting)
 
 
 def _stop_while_starting(number, frame) -> None:
-    import os
-    import signal
-
     sys.stderr.write(f"error: interrupted ({signal.Signals(number).name}) while starting; nothing was written\n")
     sys.stderr.flush()
     os._exit(128 + number)

@@ -28,12 +28,9 @@ NOT_REGULAR = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a folder", stat.S
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line of ``path`` (1-based line numbers).
-
-    A missing file, a file that is not UTF-8 text, a malformed line, a line that is not a JSON object, an object
-    with a key twice, JSON beyond Python's limits (nesting, integer digits), text that is not valid Unicode and a
-    file with no records are :class:`SlamkitError` naming the file (and line).
-    """
+    """Yield ``(line_number, object)`` for each non-blank line of ``path`` (1-based). A missing file, a file with no
+    records and any line that is not one JSON object in valid UTF-8 (the module docstring lists the cases) are
+    :class:`SlamkitError` naming the file (and line)."""
     path = Path(path)
     if not path.is_file():
         raise SlamkitError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")

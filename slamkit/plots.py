@@ -6,13 +6,15 @@ each PNG appears at its path only when fully written.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import textwrap
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -21,11 +23,6 @@ from slamkit.jsonl import OutputSet, atomic_output
 
 logger = logging.getLogger(__name__)
 
-DPI = 120
-TRAIN_LOSS_KEY = "loss"
-EVAL_LOSS_KEY = "eval_loss"
-EVAL_ACCURACY_KEY = "eval_accuracy"
-NO_ACCURACY_TEXT = "no validation accuracy logged"
 # Per-point value labels stay readable up to about this many evaluations; beyond it they would collide.
 MAX_ANNOTATED_POINTS = 12
 
@@ -61,40 +58,10 @@ def _save_png(figure: Figure, path: str | Path, outputs: OutputSet | None = None
     path = Path(path)
     FigureCanvasAgg(figure)
     with atomic_output(path, mode="wb") if outputs is None else outputs.open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=DPI)
+        figure.savefig(handle, format="png", dpi=120)
     if outputs is None:
         logger.info("wrote %s", path)
     return path
-
-
-def _draw_accuracy(ax: Axes, steps: list[float], accuracies: list[float]) -> None:
-    """Validation accuracy in percent vs step, or a note that none was logged."""
-    ax.set_ylabel("validation accuracy (%)")
-    if not steps:
-        ax.text(0.5, 0.5, NO_ACCURACY_TEXT, transform=ax.transAxes, ha="center", va="center", color="0.4")
-        ax.set_yticks([])
-        return
-    percents = [100.0 * value for value in accuracies]
-    ax.plot(steps, percents, marker="o", color="tab:green", label="validation accuracy")
-    if len(steps) <= MAX_ANNOTATED_POINTS:
-        gap = 0.04 * (max(steps) - min(steps))  # labels of points closer than this would print over each other
-        labelled: float | None = None
-        for step, percent in zip(steps, percents, strict=True):
-            if labelled is not None and step - labelled < gap:
-                continue  # e.g. a validation at the last step right after a scheduled one
-            labelled = step
-            ax.annotate(
-                f"{percent:.1f}%",
-                (step, percent),
-                textcoords="offset points",
-                # Below the point, unless that would run into the step tick labels.
-                xytext=(0, -14 if percent >= 15 else 8),
-                ha="center",
-                fontsize=8,
-            )
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
 
 
 def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
@@ -110,9 +77,9 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, ti
         state = json.loads((run_dir / "trainer_state.json").read_text())
         plot_training_curves(state["log_history"], run_dir / "training_curves.png", title=run_dir.name)
     """
-    train_steps, train_losses = _series(log_history, TRAIN_LOSS_KEY)
-    eval_steps, eval_losses = _series(log_history, EVAL_LOSS_KEY)
-    accuracy_steps, accuracies = _series(log_history, EVAL_ACCURACY_KEY)
+    train_steps, train_losses = _series(log_history, "loss")
+    eval_steps, eval_losses = _series(log_history, "eval_loss")
+    accuracy_steps, accuracies = _series(log_history, "eval_accuracy")
     if not (train_steps or eval_steps or accuracy_steps):
         raise ValueError("no training log entries to plot")
 
@@ -140,7 +107,27 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, ti
         )
         epoch_axis.set_xlabel("epoch")
 
-    _draw_accuracy(accuracy_ax, accuracy_steps, accuracies)
+    accuracy_ax.set_ylabel("validation accuracy (%)")
+    if accuracy_steps:
+        percents = [100.0 * value for value in accuracies]
+        accuracy_ax.plot(accuracy_steps, percents, marker="o", color="tab:green", label="validation accuracy")
+        if len(accuracy_steps) <= MAX_ANNOTATED_POINTS:
+            gap = 0.04 * (max(accuracy_steps) - min(accuracy_steps))  # closer labels would print over each other
+            labelled = -math.inf
+            for step, percent in zip(accuracy_steps, percents, strict=True):
+                if step - labelled < gap:
+                    continue  # e.g. a validation at the last step right after a scheduled one
+                labelled = step
+                # below the point, unless that would run into the step tick labels
+                accuracy_ax.annotate(f"{percent:.1f}%", (step, percent), textcoords="offset points",
+                                     xytext=(0, -14 if percent >= 15 else 8), ha="center", fontsize=8)
+        accuracy_ax.set_ylim(0, 100)
+        accuracy_ax.grid(alpha=0.3)
+        accuracy_ax.legend(loc="best")
+    else:
+        accuracy_ax.text(0.5, 0.5, "no validation accuracy logged", transform=accuracy_ax.transAxes, ha="center",
+                         va="center", color="0.4")
+        accuracy_ax.set_yticks([])
     accuracy_ax.set_xlabel("optimizer step")
     return _save_png(figure, path)
 
@@ -161,17 +148,15 @@ def plot_confusion_matrix(
         raise ValueError("no answers to plot")
     if len(set(letters)) != len(letters) or not letters:
         raise ValueError(f"letters must be distinct and non-empty, got {letters}")
-    index = {letter: position for position, letter in enumerate(letters)}
     for name, answers in (("gold", gold), ("predicted", pred)):
-        unknown = sorted(set(answers) - index.keys())
+        unknown = sorted(set(answers) - set(letters))
         if unknown:
             raise ValueError(f"{name} letters {unknown} are not among {letters}")
 
     size = len(letters)
-    counts = [[0] * size for _ in range(size)]
-    for gold_letter, pred_letter in zip(gold, pred, strict=True):
-        counts[index[gold_letter]][index[pred_letter]] += 1
-    correct = sum(counts[i][i] for i in range(size))
+    pairs = Counter(zip(gold, pred, strict=True))
+    counts = [[pairs[gold_letter, pred_letter] for pred_letter in letters] for gold_letter in letters]
+    correct = sum(pairs[letter, letter] for letter in letters)
     total = len(gold)
     largest = max(max(row) for row in counts)
 
@@ -179,12 +164,9 @@ def plot_confusion_matrix(
     figure = Figure(figsize=(side + 1.0, side), layout="constrained")
     ax = figure.subplots()
     image = ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(largest, 1))
-    for row in range(size):
-        for column in range(size):
-            count = counts[row][column]
-            # White on the dark cells so the number stays legible against the colour.
-            color = "white" if count > largest / 2 else "black"
-            ax.text(column, row, str(count), ha="center", va="center", color=color)
+    for row, column in itertools.product(range(size), repeat=2):  # white on the dark cells, so the count stays legible
+        count = counts[row][column]
+        ax.text(column, row, str(count), ha="center", va="center", color="white" if count > largest / 2 else "black")
     ax.set_xticks(range(size), letters)
     ax.set_yticks(range(size), letters)
     ax.set_xlabel("predicted letter")
@@ -201,11 +183,8 @@ def plot_sweep_curves(
     title: str | None = None, outputs: OutputSet | None = None,
 ) -> Path:
     """One PNG comparing the jobs of a sweep: training loss (top) and validation accuracy (bottom, a fraction drawn
-    in percent) against optimizer step, one colour per job.
-
-    ``curves`` maps a job's label (its swept overrides) to its ``(loss points, accuracy points)``, each a list of
-    ``(step, value)``.
-    """
+    in percent) against optimizer step, one colour per job. ``curves`` maps a job's label (its swept overrides) to
+    its ``(loss points, accuracy points)``, each a list of ``(step, value)``."""
     if not curves:
         raise ValueError("no curves to plot")
     figure = Figure(figsize=(8, 6.5), layout="constrained")
@@ -217,9 +196,9 @@ def plot_sweep_curves(
         if accuracies:
             accuracy_ax.plot([s for s, _ in accuracies], [100.0 * v for _, v in accuracies], color=color, marker="o",
                              label=label)
-            for step, value in accuracies[-1:]:  # the final accuracy, labelled
-                accuracy_ax.annotate(f"{100.0 * value:.1f}%", (step, 100.0 * value), textcoords="offset points",
-                                     xytext=(6, 4 + 10 * index), fontsize=8, color=color)
+            step, value = accuracies[-1]  # the final accuracy, labelled
+            accuracy_ax.annotate(f"{100.0 * value:.1f}%", (step, 100.0 * value), textcoords="offset points",
+                                 xytext=(6, 4 + 10 * index), fontsize=8, color=color)
     loss_ax.set_ylabel("training loss")
     loss_ax.grid(alpha=0.3)
     loss_ax.legend(loc="best", fontsize=8)

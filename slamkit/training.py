@@ -761,6 +761,9 @@ def check_memory(config: SFTConfig, args: TrainingArguments, model_config, plan:
 
         if not is_peft_available():
             raise SlamkitError("peft=lora needs the peft package: pip install -e '.[lora]'")
+        if args.fsdp:
+            raise SlamkitError("peft=lora with training_args.fsdp: not supported here; LoRA trains on one GPU what "
+                               "full fine-tuning needs several for (the memory plan says which fits)")
     tokens = round(plan.per_device * sum(len(row.input_ids) for row in rows) / len(rows))
     setup = memory.Setup(
         weight_bytes=parse_dtype(config.model.dtype).itemsize, activation_bytes=2 if args.bf16 else 4,
@@ -793,8 +796,9 @@ def save_final(trainer: SFTTrainer, output_dir: Path) -> None:
     if hasattr(trainer.model, "merge_and_unload"):  # a peft model
         trainer.save_model(str(output_dir / "adapter"))
         merged = trainer.model.merge_and_unload()
-        merged.to(trainer.save_dtype or merged.dtype).save_pretrained(output_dir)
-        trainer.processing_class.save_pretrained(output_dir)
+        if trainer.args.should_save:
+            merged.to(trainer.save_dtype or merged.dtype).save_pretrained(output_dir)
+            trainer.processing_class.save_pretrained(output_dir)
     else:
         trainer.save_model(str(output_dir))
     trainer.save_state()  # trainer_state.json (the log history) beside the final weights
