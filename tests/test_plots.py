@@ -68,11 +68,32 @@ def assert_png(path: Path) -> None:
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_training_curves_of_a_full_run_are_a_png(tmp_path: Path) -> None:
-    """A 3-epoch log with per-epoch validation loss and accuracy plots to a PNG at the given path."""
-    path = plot_training_curves(trainer_log_history(), tmp_path / "curves.png", title="ARC-Easy SFT")
+def drawn(monkeypatch) -> list:
+    """The figures the plotting functions save, captured as they are saved."""
+    import slamkit.plots as plots
+
+    figures, save = [], plots._save_png
+    monkeypatch.setattr(plots, "_save_png", lambda figure, *a, **k: (figures.append(figure), save(figure, *a, **k))[1])
+    return figures
+
+
+def test_training_curves_draw_every_logged_point(tmp_path: Path, monkeypatch) -> None:
+    """A 3-epoch log plots to a PNG whose lines hold exactly the logged points: every training loss, the validation
+    losses, and the validation accuracies in percent, at their steps."""
+    figures, history = drawn(monkeypatch), trainer_log_history()
+    path = plot_training_curves(history, tmp_path / "curves.png", title="ARC-Easy SFT")
     assert path == tmp_path / "curves.png"
     assert_png(path)
+    loss_ax, accuracy_ax = figures[0].axes[:2]
+    lines = {line.get_label(): line.get_xydata().tolist() for ax in (loss_ax, accuracy_ax) for line in ax.get_lines()}
+    expected = {
+        "training loss": [[e["step"], e["loss"]] for e in history if "loss" in e],
+        "validation loss": [[e["step"], e["eval_loss"]] for e in history if "eval_loss" in e],
+        "validation accuracy": [[e["step"], 100 * e["eval_accuracy"]] for e in history if "eval_accuracy" in e],
+    }
+    assert lines.keys() == expected.keys()
+    for name, points in expected.items():
+        assert [x for point in lines[name] for x in point] == pytest.approx([x for point in points for x in point])
 
 
 @pytest.mark.parametrize("with_accuracy", [False, True])
@@ -100,13 +121,21 @@ def test_training_curves_with_nothing_to_plot_raise(tmp_path: Path, history: lis
     assert list(tmp_path.iterdir()) == []
 
 
-def test_confusion_matrix_is_a_png(tmp_path: Path) -> None:
-    """Gold and predicted letters plot to a PNG at the given path."""
-    gold = list("ABCDABCDABCDE")
-    pred = list("ABCDABCAABDDE")
-    path = plot_confusion_matrix(gold, pred, list("ABCDE"), tmp_path / "confusion.png", title="test split")
+def test_confusion_matrix_cells_are_the_counts_of_the_answers(tmp_path: Path, monkeypatch) -> None:
+    """Each cell of the drawn matrix (image and number) is the count of (gold, predicted) pairs, rows gold and columns
+    predicted in the order of the letters; the title gives the diagonal's share."""
+    figures = drawn(monkeypatch)
+    gold = ["A", "A", "B", "C", "C", "C", "D"]
+    pred = ["A", "B", "B", "C", "A", "C", "D"]
+    path = plot_confusion_matrix(gold, pred, ["A", "B", "C", "D"], tmp_path / "confusion.png", title="m")
     assert path == tmp_path / "confusion.png"
     assert_png(path)
+    ax = figures[0].axes[0]
+    expected = [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 1]]
+    assert ax.get_images()[0].get_array().tolist() == expected
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text()) for t in ax.texts}
+    assert cells == {(r, c): n for r, row in enumerate(expected) for c, n in enumerate(row)}
+    assert "accuracy 5/7" in ax.get_title()
 
 
 @pytest.mark.parametrize(
