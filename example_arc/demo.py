@@ -1,7 +1,7 @@
 """The demos: all four steps end to end on the bundled ARC-Easy sample, before and after fine-tuning.
 
-    bash example_arc/demo.sh            # tiny random Qwen3, offline, ~1-3 min: the plumbing
-    bash example_arc/demo_real.sh       # Qwen2.5-Coder-0.5B-Instruct, real weights: the learning (~30 min, 2 cores)
+    bash example_arc/demo.sh            # tiny random Qwen3, offline: the plumbing
+    bash example_arc/demo_real.sh       # Qwen2.5-Coder-0.5B-Instruct, real weights: the learning
 
 The data (400/100/200 real ARC-Easy questions, CC BY-SA 4.0) and the Qwen tokenizer are in example_arc/sample/.
 
