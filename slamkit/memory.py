@@ -63,8 +63,18 @@ class Plan:
         return self.weights + self.gradients + self.optimizer + self.activations + self.copies + self.runtime
 
 
+_SHAPES: dict[str, tuple[int, list[tuple[int, int]]]] = {}  # per config: a plan and its alternatives count once
+
+
 def _shapes(model_config) -> tuple[int, list[tuple[int, int]]]:
     """The parameter count (tied weights once) and the (in, out) features of the decoder's linear layers."""
+    key = model_config.to_json_string()
+    if key not in _SHAPES:
+        _SHAPES[key] = _count(model_config)
+    return _SHAPES[key]
+
+
+def _count(model_config) -> tuple[int, list[tuple[int, int]]]:
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -148,7 +158,8 @@ def check(model_config, setup: Setup, device: str, enforce: bool) -> Plan:
     one line that says by how much and which settings would fit, or goes on with a warning."""
     found = plan(model_config, setup, device)
     free, where = available(device)
-    free /= setup.local_processes  # processes of one machine share its RAM (each GPU is its own)
+    if device == "cpu":
+        free /= setup.local_processes  # processes of one machine share its RAM (each GPU is its own)
     log.info("memory plan: %s; %.1f GB %s", describe(found, setup), free / GB, where)
     if found.total > free:
         fits = alternatives(model_config, setup, free, device)
